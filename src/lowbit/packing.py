@@ -1,0 +1,93 @@
+"""Bit packing of integer codes.
+
+Bit order (documented, and what the C and file targets read): the codes form
+one little-endian bit stream. Code ``i`` occupies bits ``i*b .. i*b+b-1`` of
+the stream, least significant bit first; stream bit ``k`` is bit ``k % 8`` of
+byte ``k // 8``. For b in {1, 2, 4} code 0 sits in the low bits of byte 0.
+Codes of 9..16 bits are stored as little-endian uint16 words.
+
+Packing works on groups of 8 codes (8*b bits = b whole bytes), so it is a few
+vectorised integer passes, never a Python loop over elements.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["pack", "unpack", "packed_nbytes"]
+
+
+def _check(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be an int in 1..16, got {bits!r}")
+
+
+def packed_nbytes(n: int, bits: int) -> int:
+    """Bytes that :func:`pack` returns for ``n`` codes of ``bits`` bits."""
+    _check(bits)
+    if bits > 8:
+        return 2 * n
+    return ((n + 7) // 8) * bits if bits not in (1, 2, 4, 8) else (n * bits + 7) // 8
+
+
+def pack(codes: Tensor, bits: int) -> Tensor:
+    """Pack non-negative integer codes (< 2^bits) into a flat uint8 tensor."""
+    _check(bits)
+    c = codes.reshape(-1)
+    if c.is_floating_point():
+        raise TypeError(f"codes must be an integer tensor, got {c.dtype}")
+    if c.numel() and not (c.dtype == torch.uint8 and bits == 8):
+        lo, hi = torch.aminmax(c)
+        if int(lo) < 0 or int(hi) >= 2**bits:
+            raise ValueError(f"codes must lie in [0, {2**bits - 1}] to pack at {bits} bits")
+    if bits > 8:
+        return c.to(torch.int32).to(torch.int16).view(torch.uint8).reshape(-1) if c.numel() else torch.empty(0, dtype=torch.uint8)
+    if bits == 8:
+        return c.to(torch.uint8)
+    n = c.numel()
+    if bits in (1, 2, 4):
+        # `per` codes share a byte: OR strided slices, code j of a byte at bit j*bits.
+        per = 8 // bits
+        c = torch.nn.functional.pad(c.to(torch.uint8), (0, (-n) % per)).reshape(-1, per)
+        out = c[:, 0].clone()
+        for j in range(1, per):
+            out |= c[:, j] << (j * bits)
+        return out
+    # 3, 5, 6, 7 bits: lay out the bit stream as [n, bits] bit planes (LSB
+    # first) and let numpy pack it; padding to 8 codes keeps whole bytes.
+    c = torch.nn.functional.pad(c.to(torch.uint8), (0, (-n) % 8))
+    planes = torch.empty(c.numel(), bits, dtype=torch.uint8)
+    for j in range(bits):
+        planes[:, j] = (c >> j) & 1
+    return torch.from_numpy(np.packbits(planes.numpy().reshape(-1), bitorder="little"))
+
+
+def unpack(data: Tensor, bits: int, n: int) -> Tensor:
+    """Unpack ``n`` codes of ``bits`` bits from a uint8 tensor made by :func:`pack`.
+
+    Returns uint8 codes for ``bits <= 8`` and int32 codes above.
+    """
+    _check(bits)
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        raise ValueError("data must be a 1-D uint8 tensor")
+    if data.numel() != packed_nbytes(n, bits):
+        raise ValueError(
+            f"packed data holds {data.numel()} bytes, but {n} codes of {bits} bits need {packed_nbytes(n, bits)}"
+        )
+    if bits > 8:
+        return data.view(torch.int16).to(torch.int32) & 0xFFFF
+    if bits == 8:
+        return data.clone()
+    mask = (1 << bits) - 1
+    if bits in (1, 2, 4):
+        per = 8 // bits
+        out = torch.empty(data.numel(), per, dtype=torch.uint8)
+        for j in range(per):
+            out[:, j] = (data >> (j * bits)) & mask
+        return out.reshape(-1)[:n]
+    planes = torch.from_numpy(np.unpackbits(data.numpy(), bitorder="little")).reshape(-1, bits)
+    out = planes[:, 0].clone()
+    for j in range(1, bits):
+        out |= planes[:, j] << j
+    return out[:n]

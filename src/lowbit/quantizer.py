@@ -1,0 +1,324 @@
+"""Quantizer: format + range + granularity + rounding + gradient, as an ``nn.Module``.
+
+``q(x)`` returns the fake-quantized tensor (float values on the grid, gradients
+flowing to ``x`` straight through); ``q.encode(x)`` returns a :class:`QTensor`.
+
+The scale is *dynamic* (fitted to each input) until the quantizer is
+calibrated: ``q.observe(x)`` on a few batches, then ``q.freeze()`` (or
+``q.calibrate(batches)`` for both). ``q.fit(tensors)`` fits one scale shared
+by several tensors (a population: all weights into one layer of neurons).
+
+A short spec string builds one: ``lowbit.quantizer("int4:channel:mse")``.
+Tokens, in any order after the format:
+
+- format: ``int<b>``, ``uint<b>``, ``int<b>n`` (narrow), ``fxp<b>`` (fixed point), and the
+  codebooks other modules register;
+- granularity: ``tensor`` (default), ``channel`` / ``channel<axis>``, ``group<size>``;
+- range: ``minmax`` (default), ``p<pct>`` (``p99``), ``mse``;
+- ``pow2``: power-of-two scale (fixed point);
+- rounding: ``nearest`` (default; half to even for integers), ``stochastic``;
+- gradient: ``ste`` (default), ``clipped`` (zero gradient outside the range).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .formats import Format, format_defaults, format_from_spec, format_names
+from .ranges import Granularity, MinMax, RangeEstimator, range_from_token, range_names, scale_from_range
+
+__all__ = ["Quantizer", "quantizer", "parse_spec", "QuantSpec"]
+
+_ROUNDINGS = ("nearest", "stochastic")
+_GRADIENTS = ("ste", "clipped")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """A parsed spec string: every part named, defaults filled in."""
+
+    format: str
+    granularity: str = "tensor"
+    range: str = "minmax"
+    pow2: bool = False
+    rounding: str = "nearest"
+    gradient: str = "ste"
+
+    def __str__(self) -> str:
+        parts = [self.format]
+        if self.granularity != "tensor":
+            parts.append(self.granularity)
+        if self.range != "minmax":
+            parts.append(self.range)
+        if self.pow2:
+            parts.append("pow2")
+        if self.rounding != "nearest":
+            parts.append(self.rounding)
+        if self.gradient != "ste":
+            parts.append(self.gradient)
+        return ":".join(parts)
+
+
+def _valid_tokens() -> str:
+    return (
+        f"formats: {', '.join(format_names())}; granularity: tensor, channel, channel<axis>, group<size>; "
+        f"ranges: {', '.join(range_names())}; pow2; rounding: {', '.join(_ROUNDINGS)}; "
+        f"gradient: {', '.join(_GRADIENTS)}"
+    )
+
+
+def parse_spec(spec: str) -> QuantSpec:
+    """Parse a spec string such as ``int4:channel:mse`` into a :class:`QuantSpec`."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"spec must be a non-empty string such as 'int4:channel:mse', got {spec!r}")
+    tokens = [t.strip().lower() for t in spec.split(":")]
+    fmt_token, rest = tokens[0], tokens[1:]
+    try:
+        format_from_spec(fmt_token)
+    except ValueError as e:
+        raise ValueError(f"spec {spec!r}: {e}") from None
+    fields: dict[str, object] = {}
+
+    def put(kind: str, value: object, token: str, user: bool) -> None:
+        if kind in fields and user:
+            raise ValueError(f"spec {spec!r}: more than one {kind} token ({token!r})")
+        fields[kind] = value
+
+    for user, toks in ((True, rest), (False, format_defaults(fmt_token))):
+        for t in toks:
+            kind: str
+            if t in _ROUNDINGS:
+                kind, value = "rounding", t
+            elif t in _GRADIENTS:
+                kind, value = "gradient", t
+            elif t == "pow2":
+                kind, value = "pow2", True
+            elif range_from_token(t) is not None:
+                kind, value = "range", t
+            else:
+                try:
+                    value = Granularity.from_spec(t).spec
+                    kind = "granularity"
+                except ValueError:
+                    raise ValueError(f"spec {spec!r}: unknown token {t!r}; valid tokens are {_valid_tokens()}") from None
+            if not user and kind in fields:
+                continue  # the user's own token wins over the format's default
+            put(kind, value, t, user)
+    return QuantSpec(format=fmt_token, **fields)  # type: ignore[arg-type]
+
+
+class Quantizer(nn.Module):
+    """Fake-quantizes tensors onto a format's grid; encodes them to QTensors."""
+
+    scale: Tensor
+    zero_point: Tensor
+
+    def __init__(
+        self,
+        fmt: Format | str,
+        range: RangeEstimator | str = "minmax",
+        granularity: Granularity | str = "tensor",
+        *,
+        pow2: bool = False,
+        rounding: str = "nearest",
+        gradient: str = "ste",
+        generator: torch.Generator | None = None,
+        spec: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.fmt = format_from_spec(fmt) if isinstance(fmt, str) else fmt
+        if not isinstance(self.fmt, Format):
+            raise TypeError(f"fmt must be a Format or a format name, got {type(fmt).__name__}")
+        if isinstance(range, str):
+            est = range_from_token(range)
+            if est is None:
+                raise ValueError(f"unknown range {range!r}; valid ranges: {', '.join(range_names())}")
+            range = est
+        self.range = range
+        self.granularity = Granularity.from_spec(granularity) if isinstance(granularity, str) else granularity
+        if rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+        if gradient not in _GRADIENTS:
+            raise ValueError(f"gradient must be one of {_GRADIENTS}, got {gradient!r}")
+        self.pow2 = bool(pow2)
+        self.rounding = rounding
+        self.gradient = gradient
+        self.generator = generator
+        self._spec = spec
+        self.register_buffer("scale", torch.empty(0), persistent=True)
+        self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32), persistent=True)
+        self._obs: list[tuple[Tensor, Tensor]] = []
+        self._obs_shape: torch.Size | None = None
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def spec(self) -> str:
+        """The spec string that rebuilds this quantizer."""
+        if self._spec is not None:
+            return self._spec
+        return str(
+            QuantSpec(self.fmt.spec, self.granularity.spec, self.range.spec, self.pow2, self.rounding, self.gradient)
+        )
+
+    @property
+    def bits(self) -> int:
+        """Storage bits per code."""
+        return self.fmt.bits
+
+    @property
+    def frozen(self) -> bool:
+        """True once a scale is fixed (calibrated or fitted)."""
+        return self.scale.numel() > 0
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}, frozen={self.frozen}"
+
+    # ------------------------------------------------------------------ scales
+
+    def _rows(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if x.numel() == 0:
+            raise ValueError("x is empty: there is nothing to quantize")
+        return self.granularity.to_rows(x.detach())
+
+    def _fit(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        lo, hi = self.range(rows.float(), self.fmt)
+        return scale_from_range(lo, hi, self.fmt, self.pow2)
+
+    def compute_scale(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-row scale and zero point for ``x``: the frozen ones, or fitted to ``x``."""
+        if self.frozen:
+            n = self.granularity.n_slices(x.shape)
+            if self.scale.numel() not in (1, n):
+                raise ValueError(
+                    f"this quantizer was calibrated with {self.scale.numel()} scales, but x of shape "
+                    f"{tuple(x.shape)} needs {n} at granularity {self.granularity.spec!r}"
+                )
+            return self.scale, (self.zero_point if self.zero_point.numel() else None)
+        return self._fit(self._rows(x))
+
+    def observe(self, x: Tensor) -> None:
+        """Record range statistics of one batch (for calibration; see :meth:`freeze`)."""
+        rows = self._rows(x)
+        if self._obs_shape is not None and rows.shape[0] != self._obs_shape[0]:
+            raise ValueError(f"observed tensors must keep {self._obs_shape[0]} slices, got {rows.shape[0]}")
+        self._obs_shape = rows.shape
+        self._obs.append(self.range(rows.float(), self.fmt))
+
+    def freeze(self) -> "Quantizer":
+        """Fix the scale from the observed batches: min/max over batches for ``minmax``, else the mean."""
+        if not self._obs:
+            raise ValueError("freeze() needs at least one observe(x) call first")
+        los = torch.stack([o[0] for o in self._obs])
+        his = torch.stack([o[1] for o in self._obs])
+        if isinstance(self.range, MinMax):
+            lo, hi = los.amin(0), his.amax(0)
+        else:
+            lo, hi = los.mean(0), his.mean(0)
+        self._set(*scale_from_range(lo, hi, self.fmt, self.pow2))
+        self._obs.clear()
+        return self
+
+    def calibrate(self, batches: Iterable[Tensor]) -> "Quantizer":
+        """Observe every batch, then freeze."""
+        for b in batches:
+            self.observe(b)
+        return self.freeze()
+
+    def fit(self, tensors: Tensor | Sequence[Tensor]) -> "Quantizer":
+        """Freeze one scale fitted to ``tensors`` together (a population shares it)."""
+        if isinstance(tensors, Tensor):
+            tensors = [tensors]
+        if not tensors:
+            raise ValueError("tensors must hold at least one tensor")
+        if len(tensors) > 1:
+            if self.granularity.kind == "group":
+                raise ValueError("a shared (population) scale needs granularity 'tensor' or 'channel'")
+            rows = torch.cat([self._rows(t) for t in tensors], dim=1)
+        else:
+            rows = self._rows(tensors[0])
+        self._set(*self._fit(rows))
+        return self
+
+    def reset(self) -> "Quantizer":
+        """Forget the frozen scale: back to dynamic scaling."""
+        self._set(torch.empty(0), None)
+        self._obs.clear()
+        self._obs_shape = None
+        return self
+
+    def _set(self, scale: Tensor, zp: Tensor | None) -> None:
+        self.scale = scale.detach().to(torch.float32).to(self.scale.device)
+        self.zero_point = (zp if zp is not None else torch.empty(0, dtype=torch.int32)).to(self.scale.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Buffers change size when calibrated: adopt the saved shapes.
+        for name in ("scale", "zero_point"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ quantization
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Fake-quantize: values on the grid, straight-through gradient to ``x``."""
+        scale, zp = self.compute_scale(x)
+        rows = self.granularity.to_rows(x)
+        s = scale.to(rows.dtype)[:, None]
+        if zp is None:
+            xn = rows / s
+            qn = self.fmt.quantize(xn.detach(), self.rounding, self.generator)
+            q = qn * s
+        else:
+            z = zp.to(rows.dtype)[:, None]
+            xn = rows / s + z
+            qn = self.fmt.quantize(xn.detach(), self.rounding, self.generator)
+            q = (qn - z) * s
+        if self.gradient == "clipped" and rows.requires_grad:
+            inside = (xn >= self.fmt.lo) & (xn <= self.fmt.hi)
+            out = q.detach() + (rows - rows.detach()) * inside
+        elif rows.requires_grad:
+            out = rows + (q - rows).detach()
+        else:
+            out = q
+        return self.granularity.from_rows(out, x.shape)
+
+    def encode(self, x: Tensor) -> "QTensor":
+        """Quantize ``x`` to a :class:`QTensor` (packed codes, scales, zero points)."""
+        from .qtensor import QTensor
+
+        rows = self._rows(x)
+        # A fitted range has already checked the data; a frozen scale has not.
+        if self.frozen and not torch.isfinite(rows).all():
+            raise ValueError("x contains NaN or Inf values; clean the tensor before quantizing it")
+        scale, zp = self.compute_scale(x)
+        xn = rows.float() / scale[:, None]
+        if zp is not None:
+            xn = xn.add_(zp[:, None].float())
+        codes = self.fmt.encode(xn, self.rounding, self.generator)
+        return QTensor.from_codes(codes, scale, zp, self.fmt, self.granularity, x.shape)
+
+
+def quantizer(spec: str, *, generator: torch.Generator | None = None) -> Quantizer:
+    """Build a :class:`Quantizer` from a spec string such as ``int4:channel:mse`` or ``fxp8:p99``."""
+    p = parse_spec(spec)
+    return Quantizer(
+        format_from_spec(p.format),
+        p.range,
+        p.granularity,
+        pow2=p.pow2,
+        rounding=p.rounding,
+        gradient=p.gradient,
+        generator=generator,
+        spec=str(p),
+    )
+
+
+from .qtensor import QTensor  # noqa: E402  (circular: QTensor rebuilds formats, not quantizers)
