@@ -33,6 +33,7 @@ __all__ = [
     "register_format",
     "format_from_spec",
     "format_names",
+    "format_examples",
 ]
 
 _MAX_BITS = 16  # Uniform goes to 16 bits (int16 containers); packing to 8.
@@ -186,7 +187,12 @@ class Codebook(Format):
         if lv.numel() > 2**_MAX_BITS:
             raise ValueError(f"levels may hold at most {2**_MAX_BITS} values, got {lv.numel()}")
         self._levels = lv
-        self._mid = (lv[1:] + lv[:-1]) / 2
+        gap = lv[1:] - lv[:-1]
+        if not torch.isfinite(gap).all():
+            raise ValueError("levels must be closer than float32's range (their differences overflow)")
+        # a + (b - a) / 2 stays in [a, b) even for adjacent denormals, where
+        # (a + b) / 2 can round onto b and send b to the wrong level.
+        self._mid = lv[:-1] + gap / 2
         self._bits = max(1, math.ceil(math.log2(lv.numel())))
         self.symmetric = bool(lv[0] < 0)  # one-sided codebooks scale their top only
         self.name = name
@@ -227,6 +233,7 @@ class _Entry:
     factory: Callable[[re.Match[str]], Format]
     defaults: tuple[str, ...]
     help: str
+    examples: tuple[str, ...]
 
 
 _REGISTRY: list[_Entry] = []
@@ -238,13 +245,16 @@ def register_format(
     *,
     defaults: Sequence[str] = (),
     help: str = "",
+    examples: Sequence[str] = (),
 ) -> None:
     """Register a named format: ``pattern`` (a full-match regex) maps a spec token to a Format.
 
     ``defaults`` are spec tokens applied unless the user gives their own of the
-    same kind (for example NF4's ``group64``).
+    same kind (for example NF4's ``group64``). ``examples`` are tokens the
+    conformance suite builds; without them, literal patterns and patterns with
+    a ``(?P<bits>...)`` group (tried at 1..8 bits) are enumerated.
     """
-    _REGISTRY.append(_Entry(re.compile(pattern), factory, tuple(defaults), help or pattern))
+    _REGISTRY.append(_Entry(re.compile(pattern), factory, tuple(defaults), help or pattern, tuple(examples)))
 
 
 def _lookup(token: str) -> tuple[Format, tuple[str, ...]] | None:
@@ -272,6 +282,26 @@ def format_defaults(token: str) -> tuple[str, ...]:
 def format_names() -> list[str]:
     """Human-readable list of the registered format patterns."""
     return [e.help for e in _REGISTRY]
+
+
+def format_examples() -> list[str]:
+    """Spec tokens of every registered format that can be built (what the conformance suite checks)."""
+    out: list[str] = []
+    for e in _REGISTRY:
+        cands = list(e.examples)
+        pat = e.pattern.pattern
+        if not cands and "(?P<bits>" in pat:
+            cands = [re.sub(r"\(\?P<bits>[^)]*\)", str(b), pat) for b in range(1, 9)]
+        elif not cands and re.fullmatch(r"[A-Za-z0-9_]+", pat):
+            cands = [pat]
+        for tok in cands:
+            if e.pattern.fullmatch(tok) and tok not in out:
+                try:
+                    e.factory(e.pattern.fullmatch(tok))  # type: ignore[arg-type]
+                except ValueError:
+                    continue  # e.g. int1n: not a valid member of the family
+                out.append(tok)
+    return out
 
 
 def _bits_of(m: re.Match[str]) -> int:

@@ -92,12 +92,12 @@ class QTensor:
         return 8 * self.nbytes / max(1, self.numel)
 
     def codes(self) -> Tensor:
-        """Unpacked codes (int64, level indices) in the granularity's row view."""
+        """Unpacked codes (level indices; uint8 up to 8 bits, else int32) in the granularity's row view."""
         return unpack(self.data, self.bits, self.numel).reshape(self.scale.numel(), -1)
 
     def int_repr(self) -> Tensor:
-        """Integer values in the original shape: ``qmin + code`` for uniform formats, the code otherwise."""
-        c = self.codes()
+        """Integer values (int32) in the original shape: ``qmin + code`` for uniform formats, the code otherwise."""
+        c = self.codes().to(torch.int32)
         if isinstance(self.fmt, Uniform):
             c = c + self.fmt.qmin
         return self.granularity.from_rows(c, self.shape)

@@ -1,0 +1,1 @@
+"""Sweeps, reports and the commands that run them."""
