@@ -255,34 +255,45 @@ class Percentile(RangeEstimator):
 class MSE(RangeEstimator):
     """Search the clip that minimises the squared quantization error, per row.
 
-    A coarse grid of clip ratios in [0.2, 1] of the full range, then a fine grid
-    around the best; each candidate is one vectorised pass over all rows.
+    A coarse grid of clip ratios in [0.2, 1] of the full range, then a fine
+    grid around the best; each candidate is one vectorised pass over all rows.
+    Rows longer than ``max_row`` are searched on an evenly strided subsample
+    of that many elements (the chosen clip then applies to the whole row).
     """
 
     spec = "mse"
 
-    def __init__(self, coarse: int = 32, fine: int = 16) -> None:
-        self.coarse, self.fine = coarse, fine
+    def __init__(self, coarse: int = 16, fine: int = 8, max_row: int = 16384) -> None:
+        self.coarse, self.fine, self.max_row = coarse, fine, max_row
 
-    def _err(self, rows: Tensor, lo: Tensor, hi: Tensor, fmt: Format) -> Tensor:
+    @staticmethod
+    def _err(rows: Tensor, lo: Tensor, hi: Tensor, fmt: Format) -> Tensor:
         scale, zp = scale_from_range(lo, hi, fmt)
         s = scale[:, None]
-        z = zp[:, None].to(rows.dtype) if zp is not None else 0.0
-        q = (fmt.quantize(rows / s + z) - z) * s
-        return ((q - rows) ** 2).sum(dim=1)
+        xn = rows / s
+        if zp is not None:
+            z = zp[:, None].to(rows.dtype)
+            xn += z
+            q = fmt.quantize(xn).sub_(z)
+        else:
+            q = fmt.quantize(xn)
+        return q.mul_(s).sub_(rows).square_().sum(dim=1)
 
     def __call__(self, rows: Tensor, fmt: Format) -> tuple[Tensor, Tensor]:
         lo, hi = torch.aminmax(rows, dim=1)
         _check_finite(lo, hi)
+        if rows.shape[1] > self.max_row:
+            step_cols = -(-rows.shape[1] // self.max_row)
+            rows = rows[:, ::step_cols]
         best_r = torch.ones_like(lo)
         best_e = self._err(rows, lo, hi, fmt)
         step = 0.8 / (self.coarse - 1)
-        for r in torch.linspace(0.2, 1.0, self.coarse).tolist():
+        for r in torch.linspace(0.2, 1.0, self.coarse).tolist()[:-1]:
             e = self._err(rows, lo * r, hi * r, fmt)
             better = e < best_e
             best_e, best_r = torch.where(better, e, best_e), torch.where(better, torch.full_like(best_r, r), best_r)
         center = best_r.clone()
-        for k in torch.linspace(-1.0, 1.0, self.fine).tolist():
+        for k in torch.linspace(-1.0, 1.0, self.fine + 2)[1:-1].tolist():
             r = (center + k * step).clamp(0.05, 1.0)
             e = self._err(rows, lo * r, hi * r, fmt)
             better = e < best_e
