@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "export-onnx": "lowbit.targets.onnx_cli",
     "cim": "lowbit.targets.cim_cli",
     "share": "lowbit.algorithms.share_cli",
+    "quantize-checkpoint": "lowbit.experiments.quantize_checkpoint",
 }
 
 

@@ -1,0 +1,56 @@
+"""Shared fixtures: the digits data and float reference models trained once per test session.
+
+Training dominates the suite's time, so every test module that needs a trained
+float model takes a deep copy of the same seeded one instead of training its own.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, 80/20 stratified split, seed 0."""
+    from lowbit.data.images import load_digits
+
+    return load_digits(seed=0)
+
+
+def _train(name: str, ds, epochs: int, **kw):
+    from lowbit.data.images import loader
+    from lowbit.models import build_model
+    from lowbit.train import evaluate, fit
+
+    model = build_model(name, ds.input_shape, ds.num_classes, seed=0, **kw)
+    fit(model, loader(ds.train, 64, shuffle=True, seed=0), epochs=epochs, lr=3e-3, progress=False)
+    model.eval()
+    acc = evaluate(model, loader(ds.test, 512))
+    return model, acc
+
+
+@pytest.fixture(scope="session")
+def _float_mlp(digits):
+    return _train("mlp", digits, epochs=15)
+
+
+@pytest.fixture(scope="session")
+def _float_cnn(digits):
+    return _train("vgg", digits, epochs=8, widths=(16, 32))
+
+
+@pytest.fixture
+def float_mlp(_float_mlp):
+    """(a fresh copy of the trained float MLP, its test accuracy in %)."""
+    return copy.deepcopy(_float_mlp[0]), _float_mlp[1]
+
+
+@pytest.fixture
+def float_cnn(_float_cnn):
+    """(a fresh copy of the trained float small VGG (widths 16, 32), its test accuracy in %)."""
+    return copy.deepcopy(_float_cnn[0]), _float_cnn[1]
