@@ -13,10 +13,33 @@ from .packing import pack, unpack
 from .qtensor import QTensor, load_qtensors, save_qtensors
 from .quantizer import Quantizer, QuantSpec, parse_spec, quantizer
 from .ranges import Granularity, register_range
+from . import codebooks  # noqa: F401  (registers the named formats)
+from .codebooks import (
+    CenteredQuantizer,
+    DoReFaQuantizer,
+    FourSixPair,
+    LearnedCodebook,
+    bits_per_param,
+    build_quantizer,
+    double_quantize,
+    pair46,
+    state_levels,
+    state_quantizer,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CenteredQuantizer",
+    "DoReFaQuantizer",
+    "FourSixPair",
+    "LearnedCodebook",
+    "bits_per_param",
+    "build_quantizer",
+    "double_quantize",
+    "pair46",
+    "state_levels",
+    "state_quantizer",
     "Codebook",
     "Format",
     "Granularity",
@@ -35,3 +58,6 @@ __all__ = [
     "unpack",
     "__version__",
 ]
+from .config import QuantConfig  # noqa: E402
+from .api import calibrate, convert, load, prepare_qat, quantize, save  # noqa: E402
+__all__ += ["QuantConfig", "calibrate", "convert", "load", "prepare_qat", "quantize", "save"]  # noqa: E402

@@ -91,3 +91,46 @@ def unpack(data: Tensor, bits: int, n: int) -> Tensor:
     for j in range(1, bits):
         out |= planes[:, j] << j
     return out[:n]
+
+
+# --------------------------------------------------------------------------- base-3 (trits)
+
+__all__ += ["pack_trits", "unpack_trits", "packed_trits_nbytes"]
+
+# Trit j of a byte has weight 3^j: the first code sits in the least significant
+# digit, as code 0 sits in the low bits for the binary packing above.
+_TRIT_WEIGHTS = (1, 3, 9, 27, 81)
+
+
+def packed_trits_nbytes(n: int) -> int:
+    """Bytes that :func:`pack_trits` returns for ``n`` ternary codes (5 per byte)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    return (n + 4) // 5
+
+
+def pack_trits(codes: Tensor) -> Tensor:
+    """Pack ternary codes (0, 1, 2) five to a byte, base 3: ``byte = sum(code_j * 3^j)`` (1.6 bits a code)."""
+    c = codes.reshape(-1)
+    if c.is_floating_point():
+        raise TypeError(f"codes must be an integer tensor, got {c.dtype}")
+    if c.numel():
+        lo, hi = torch.aminmax(c)
+        if int(lo) < 0 or int(hi) > 2:
+            raise ValueError("codes must lie in [0, 2] to pack as trits")
+    c = torch.nn.functional.pad(c.to(torch.int16), (0, (-c.numel()) % 5)).reshape(-1, 5)
+    w = torch.tensor(_TRIT_WEIGHTS, dtype=torch.int16, device=c.device)
+    return (c * w).sum(dim=1).to(torch.uint8)
+
+
+def unpack_trits(data: Tensor, n: int) -> Tensor:
+    """Unpack ``n`` ternary codes (uint8, values 0..2) from bytes made by :func:`pack_trits`."""
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        raise ValueError("data must be a 1-D uint8 tensor")
+    if data.numel() != packed_trits_nbytes(n):
+        raise ValueError(f"packed data holds {data.numel()} bytes, but {n} trits need {packed_trits_nbytes(n)}")
+    if data.numel() and int(data.max()) > 242:
+        raise ValueError("data holds a byte above 242 = 3^5 - 1: not trit-packed")
+    w = torch.tensor(_TRIT_WEIGHTS, dtype=torch.int16, device=data.device)
+    digits = torch.div(data.to(torch.int16)[:, None], w, rounding_mode="floor") % 3
+    return digits.reshape(-1)[:n].to(torch.uint8)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .formats import Format, format_defaults, format_from_spec, format_names
 from .ranges import Granularity, MinMax, RangeEstimator, range_from_token, range_names, scale_from_range
 
-__all__ = ["Quantizer", "quantizer", "parse_spec", "QuantSpec"]
+__all__ = ["Quantizer", "quantizer", "parse_spec", "QuantSpec", "register_quantizer"]
 
 _ROUNDINGS = ("nearest", "stochastic")
 _GRADIENTS = ("ste", "clipped")
@@ -281,11 +281,13 @@ class Quantizer(nn.Module):
             xn = rows / s + z
             qn = self.fmt.quantize(xn.detach(), self.rounding, self.generator)
             q = (qn - z) * s
+        # q + (rows - rows.detach()) keeps the values exactly on the grid (the
+        # usual rows + (q - rows).detach() can land one ulp off it).
         if self.gradient == "clipped" and rows.requires_grad:
             inside = (xn >= self.fmt.lo) & (xn <= self.fmt.hi)
             out = q.detach() + (rows - rows.detach()) * inside
         elif rows.requires_grad:
-            out = rows + (q - rows).detach()
+            out = q.detach() + (rows - rows.detach())
         else:
             out = q
         return self.granularity.from_rows(out, x.shape)
@@ -306,11 +308,25 @@ class Quantizer(nn.Module):
         return QTensor.from_codes(codes, scale, zp, self.fmt, self.granularity, x.shape)
 
 
+_QUANTIZER_CLASSES: dict[type, type[Quantizer]] = {}
+
+
+def register_quantizer(format_type: type, quantizer_cls: type[Quantizer]) -> None:
+    """Make :func:`quantizer` build ``quantizer_cls`` for formats of ``format_type`` (e.g. DoReFa's tanh step)."""
+    if not (isinstance(format_type, type) and issubclass(format_type, Format)):
+        raise TypeError(f"format_type must be a Format subclass, got {format_type!r}")
+    if not (isinstance(quantizer_cls, type) and issubclass(quantizer_cls, Quantizer)):
+        raise TypeError(f"quantizer_cls must be a Quantizer subclass, got {quantizer_cls!r}")
+    _QUANTIZER_CLASSES[format_type] = quantizer_cls
+
+
 def quantizer(spec: str, *, generator: torch.Generator | None = None) -> Quantizer:
     """Build a :class:`Quantizer` from a spec string such as ``int4:channel:mse`` or ``fxp8:p99``."""
     p = parse_spec(spec)
-    return Quantizer(
-        format_from_spec(p.format),
+    fmt = format_from_spec(p.format)
+    cls = _QUANTIZER_CLASSES.get(type(fmt), Quantizer)
+    return cls(
+        fmt,
         p.range,
         p.granularity,
         pow2=p.pow2,
