@@ -31,13 +31,16 @@ def packed_nbytes(n: int, bits: int) -> int:
     return ((n + 7) // 8) * bits if bits not in (1, 2, 4, 8) else (n * bits + 7) // 8
 
 
-def pack(codes: Tensor, bits: int) -> Tensor:
-    """Pack non-negative integer codes (< 2^bits) into a flat uint8 tensor."""
+def pack(codes: Tensor, bits: int, *, check: bool = True) -> Tensor:
+    """Pack non-negative integer codes (< 2^bits) into a flat uint8 tensor.
+
+    ``check=False`` skips the range check (one pass) for codes a format produced.
+    """
     _check(bits)
     c = codes.reshape(-1)
     if c.is_floating_point():
         raise TypeError(f"codes must be an integer tensor, got {c.dtype}")
-    if c.numel() and not (c.dtype == torch.uint8 and bits == 8):
+    if check and c.numel() and not (c.dtype == torch.uint8 and bits == 8):
         lo, hi = torch.aminmax(c)
         if int(lo) < 0 or int(hi) >= 2**bits:
             raise ValueError(f"codes must lie in [0, {2**bits - 1}] to pack at {bits} bits")

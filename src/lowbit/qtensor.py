@@ -54,13 +54,16 @@ class QTensor:
         fmt: Format,
         granularity: Granularity,
         shape: torch.Size | tuple[int, ...],
+        *,
+        trusted: bool = False,
     ) -> "QTensor":
-        """Pack codes laid out as the granularity's row view into a QTensor."""
+        """Pack codes laid out as the granularity's row view into a QTensor (``trusted``: made by ``fmt.encode``)."""
         shape = torch.Size(shape)
         if codes.numel() != shape.numel():
             raise ValueError(f"codes hold {codes.numel()} values but shape {tuple(shape)} needs {shape.numel()}")
         return cls(
-            pack(codes.reshape(-1).cpu(), fmt.bits),
+            # codes from a format are in range by construction; others are checked
+            pack(codes.reshape(-1).cpu(), fmt.bits, check=not trusted),
             scale.detach().reshape(-1).float().cpu(),
             None if zero_point is None else zero_point.detach().reshape(-1).to(torch.int32).cpu(),
             fmt,

@@ -305,7 +305,7 @@ class Quantizer(nn.Module):
         if zp is not None:
             xn = xn.add_(zp[:, None].float())
         codes = self.fmt.encode(xn, self.rounding, self.generator)
-        return QTensor.from_codes(codes, scale, zp, self.fmt, self.granularity, x.shape)
+        return QTensor.from_codes(codes, scale, zp, self.fmt, self.granularity, x.shape, trusted=True)
 
 
 _QUANTIZER_CLASSES: dict[type, type[Quantizer]] = {}
