@@ -126,3 +126,13 @@ def test_bad_arguments_to_save(tmp_path):
     with pytest.raises(ValueError, match="without '/'"):
         save_qtensors(tmp_path / "x", {"a/b": torch.ones(1)})
     assert not (tmp_path / "x").exists()
+
+
+def test_a_population_encodes_to_independent_tensors(tmp_path):
+    a, b = torch.randn(4, 3), torch.randn(4, 5)
+    q = quantizer("fxp8:p99:channel").fit([a, b])
+    qa, qb = q.encode(a), q.encode(b)
+    qa.scale.mul_(2)  # owning its scales, one QTensor cannot change another or the quantizer
+    assert torch.equal(qb.scale, q.scale)
+    save_qtensors(tmp_path / "p.safetensors", {"a": q.encode(a), "b": qb})
+    assert torch.equal(load_qtensors(tmp_path / "p.safetensors")["b"].dequantize(), q(b))

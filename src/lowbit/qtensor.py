@@ -64,8 +64,10 @@ class QTensor:
         return cls(
             # codes from a format are in range by construction; others are checked
             pack(codes.reshape(-1).cpu(), fmt.bits, check=not trusted),
-            scale.detach().reshape(-1).float().cpu(),
-            None if zero_point is None else zero_point.detach().reshape(-1).to(torch.int32).cpu(),
+            # copies: a QTensor owns its scales (a population's tensors share the
+            # quantizer's buffer, and safetensors refuses shared memory)
+            scale.detach().reshape(-1).float().cpu().clone(),
+            None if zero_point is None else zero_point.detach().reshape(-1).to(torch.int32).cpu().clone(),
             fmt,
             granularity,
             shape,
