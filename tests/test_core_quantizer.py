@@ -170,3 +170,20 @@ def test_quantizer_is_a_module_that_moves_with_its_parent():
     m.q = quantizer("uint8").fit(torch.rand(10))
     assert "q.scale" in m.state_dict() and "q.zero_point" in m.state_dict()
     assert math.isclose(m.state_dict()["q.scale"].item(), m.q.scale.item())
+
+
+def test_set_scale_freezes_a_given_scale():
+    q = quantizer("uint4").set_scale(0.5, 3)
+    assert q.frozen and q(torch.tensor([0.0, 1.0, -1.5, 10.0])).tolist() == [0.0, 1.0, -1.5, 6.0]
+    with pytest.raises(ValueError, match="finite values > 0"):
+        quantizer("int4").set_scale(0.0)
+    with pytest.raises(ValueError, match="zero_point has 2 values"):
+        quantizer("uint4").set_scale(1.0, [1, 2])
+
+
+def test_fake_quant_is_exactly_on_the_grid_with_gradients():
+    x = torch.randn(1000, requires_grad=True)
+    q = quantizer("int4").fit(x.detach())
+    y = q(x)
+    with torch.no_grad():
+        assert torch.equal(y, q(x)) and torch.equal(y.detach(), q.encode(x.detach()).dequantize())

@@ -223,6 +223,13 @@ class Codebook(Format):
     def decode(self, codes: Tensor) -> Tensor:
         return self._levels.to(codes.device)[codes.long()]
 
+    def quantize(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        if rounding != "nearest":
+            return super().quantize(x, rounding, generator)
+        # Index the levels with bucketize's own int64 output: no code container round trip.
+        lv = self._levels.to(device=x.device, dtype=x.dtype)
+        return lv[torch.bucketize(x, self._mid.to(device=x.device, dtype=x.dtype))]
+
 
 # --------------------------------------------------------------------------- registry
 

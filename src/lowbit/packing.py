@@ -52,9 +52,12 @@ def pack(codes: Tensor, bits: int, *, check: bool = True) -> Tensor:
     if bits in (1, 2, 4):
         # `per` codes share a byte: OR strided slices, code j of a byte at bit j*bits.
         per = 8 // bits
-        c = torch.nn.functional.pad(c.to(torch.uint8), (0, (-n) % per)).reshape(-1, per)
-        out = c[:, 0].clone()
-        for j in range(1, per):
+        c = c.to(torch.uint8)
+        if n % per:
+            c = torch.nn.functional.pad(c, (0, (-n) % per))
+        c = c.reshape(-1, per)
+        out = c[:, 0] | (c[:, 1] << bits)
+        for j in range(2, per):
             out |= c[:, j] << (j * bits)
         return out
     # 3, 5, 6, 7 bits: lay out the bit stream as [n, bits] bit planes (LSB

@@ -110,6 +110,24 @@ def parse_spec(spec: str) -> QuantSpec:
     return QuantSpec(format=fmt_token, **fields)  # type: ignore[arg-type]
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Returns the quantized values; passes the gradient to the input unchanged (or masked to the range)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(mask) if mask is not None else ctx.save_for_backward()
+        ctx.masked = mask is not None
+        ctx.mark_non_differentiable(q)
+        return q.view_as(q)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        if ctx.masked:
+            (mask,) = ctx.saved_tensors
+            return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
+        return grad, None, None
+
+
 class Quantizer(nn.Module):
     """Fake-quantizes tensors onto a format's grid; encodes them to QTensors."""
 
@@ -254,15 +272,28 @@ class Quantizer(nn.Module):
         self._obs_shape = None
         return self
 
+    def set_scale(self, scale: Tensor | float, zero_point: Tensor | int | None = None) -> "Quantizer":
+        """Freeze a given scale (one per slice, or one for all) and optional integer zero point."""
+        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        if scale.numel() == 0 or not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+            raise ValueError("scale must hold finite values > 0")
+        zp = None if zero_point is None else torch.as_tensor(zero_point, dtype=torch.int32).reshape(-1)
+        if zp is not None and zp.numel() != scale.numel():
+            raise ValueError(f"zero_point has {zp.numel()} values but scale has {scale.numel()}")
+        self._set(scale, zp)
+        return self
+
     def _set(self, scale: Tensor, zp: Tensor | None) -> None:
-        self.scale = scale.detach().to(torch.float32).to(self.scale.device)
-        self.zero_point = (zp if zp is not None else torch.empty(0, dtype=torch.int32)).to(self.scale.device)
+        # The scale lives where the data that produced it lives (module.to() moves it later).
+        self.scale = scale.detach().to(torch.float32)
+        self.zero_point = (zp if zp is not None else torch.empty(0, dtype=torch.int32, device=scale.device)).detach()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # Buffers change size when calibrated: adopt the saved shapes.
+        # Buffers change size when calibrated: adopt the saved shapes (buffers only:
+        # a subclass may hold its scale as a Parameter).
         for name in ("scale", "zero_point"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+            if prefix + name in state_dict and name in self._buffers:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ quantization
@@ -271,25 +302,22 @@ class Quantizer(nn.Module):
         """Fake-quantize: values on the grid, straight-through gradient to ``x``."""
         scale, zp = self.compute_scale(x)
         rows = self.granularity.to_rows(x)
-        s = scale.to(rows.dtype)[:, None]
-        if zp is None:
+        needs_grad = rows.requires_grad and torch.is_grad_enabled()
+        with torch.no_grad():
+            # All temporaries are ours: in-place ops keep this to a few passes.
+            s = scale.to(rows.dtype)[:, None]
             xn = rows / s
-            qn = self.fmt.quantize(xn.detach(), self.rounding, self.generator)
-            q = qn * s
-        else:
-            z = zp.to(rows.dtype)[:, None]
-            xn = rows / s + z
-            qn = self.fmt.quantize(xn.detach(), self.rounding, self.generator)
-            q = (qn - z) * s
-        # q + (rows - rows.detach()) keeps the values exactly on the grid (the
-        # usual rows + (q - rows).detach() can land one ulp off it).
-        if self.gradient == "clipped" and rows.requires_grad:
-            inside = (xn >= self.fmt.lo) & (xn <= self.fmt.hi)
-            out = q.detach() + (rows - rows.detach()) * inside
-        elif rows.requires_grad:
-            out = q.detach() + (rows - rows.detach())
-        else:
-            out = q
+            if zp is not None:
+                z = zp.to(rows.dtype)[:, None]
+                xn.add_(z)
+            mask = None
+            if needs_grad and self.gradient == "clipped":
+                mask = (xn >= self.fmt.lo) & (xn <= self.fmt.hi)
+            q = self.fmt.quantize(xn, self.rounding, self.generator)
+            if zp is not None:
+                q.sub_(z)
+            q.mul_(s)
+        out = _StraightThrough.apply(rows, q, mask) if needs_grad else q
         return self.granularity.from_rows(out, x.shape)
 
     def encode(self, x: Tensor) -> "QTensor":
