@@ -1,0 +1,358 @@
+"""The verbs: ``quantize`` (PTQ), ``prepare_qat``, ``calibrate``, ``convert``, ``save``, ``load``.
+
+::
+
+    qmodel = lowbit.quantize(model, "w4,a8", calib=loader)      # post-training
+    qat = lowbit.prepare_qat(model, "w4:lsq")                    # then train as usual
+    imodel = lowbit.convert(qat)                                 # integer weights (QTensor)
+    lowbit.save(imodel, "model.lowbit"); lowbit.load("model.lowbit")
+
+Every verb copies the model unless ``inplace=True`` (as ``torch.ao``).
+
+BatchNorm: folded (inference statistics) into the conv/linear before it, inside
+``nn.Sequential`` containers, *before* quantization (``QuantConfig.fold_bn``,
+default on): the integers trained, converted and saved are the deployed ones.
+``fold_bn=false`` keeps BN float (DoReFa weights need it to absorb their scale).
+
+Limits of ``load``: reference models (``lowbit.models``) rebuild from the stored
+architecture; any other model needs ``model=`` (a float instance of the same
+architecture); custom handlers must be registered before loading. Activation
+quantizers sit on the inputs of quantized layers, PACT replaces ``nn.ReLU``
+modules: a functional ``F.relu`` is not seen.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from itertools import islice
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .config import QuantConfig, as_config
+from .nn.act import PACT, ActQuant
+from .nn.fold import fold_bn
+from .nn.handlers import handled_types, handler_for, is_pact_spec
+from .nn.layers import QuantLayer
+from .qtensor import QTensor, load_qtensors, save_qtensors
+
+__all__ = ["quantize", "prepare_qat", "calibrate", "convert", "save", "load", "quantized_layers", "read_metadata"]
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _own_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
+
+
+def _swap(model: nn.Module, cfg: QuantConfig) -> dict[str, dict[str, object]]:
+    """Replace the modules the config selects; return the layer description (name -> kind/specs)."""
+    named = [(n, m) for n, m in model.named_modules() if n]
+    if not named:
+        raise ValueError("model has no submodules to quantize")
+    for p in cfg.patterns():
+        if isinstance(p, str) and not any(cfg._matches(p, n, m) for n, m in named):
+            some = ", ".join(n for n, _ in named[:12])
+            raise ValueError(f"config pattern {p!r} matches no module; module names are: {some}{', ...' if len(named) > 12 else ''}")
+    layers: dict[str, dict[str, object]] = {}
+    unhandled: list[str] = []
+    device = next((p.device for p in model.parameters()), None)
+    for name, mod in named:
+        if isinstance(mod, (QuantLayer, PACT, ActQuant)) or any(name.startswith(k + ".") for k in layers):
+            continue
+        wspec, aspec = cfg.weight_spec(name, mod), cfg.act_spec(name, mod)
+        handler = handler_for(mod)
+        if handler is None:
+            explicit = [p for p in cfg.patterns() if isinstance(p, str) and p == name]
+            if explicit and _own_params(mod):
+                raise ValueError(
+                    f"module {name!r} ({type(mod).__name__}) cannot be quantized: no handler for its type; "
+                    f"handled types: {', '.join(handled_types())} (add one with lowbit.nn.register_handler)"
+                )
+            if wspec and _own_params(mod) and not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                unhandled.append(f"{name} ({type(mod).__name__})")
+            continue
+        if isinstance(mod, nn.ReLU) and not is_pact_spec(aspec):
+            continue
+        try:
+            new = handler(mod, wspec, aspec)
+        except ValueError as e:
+            raise ValueError(f"module {name!r} ({type(mod).__name__}): {e}") from None
+        if new is mod:
+            continue
+        if device is not None:
+            new.to(device)  # quantizers built now start on the CPU
+        _set_module(model, name, new)
+        if isinstance(new, PACT):
+            layers[name] = {"kind": "PACT", "act": new.spec}
+        else:
+            layers[name] = {"kind": type(new).__name__, "weight": wspec, "act": aspec if not is_pact_spec(aspec) else None}
+    if unhandled:
+        warnings.warn(f"no quantization handler for {', '.join(unhandled)}; they stay float", stacklevel=3)
+    if not layers:
+        warnings.warn("the config selected no module: the model is unchanged", stacklevel=3)
+    return layers
+
+
+def _prepare(model: nn.Module, config: object, inplace: bool) -> tuple[nn.Module, QuantConfig]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    cfg = as_config(config)  # type: ignore[arg-type]
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
+        raise ValueError("model is already quantized; start again from the float model")
+    if not inplace:
+        model = copy.deepcopy(model)
+    if cfg.fold_bn:
+        was = model.training
+        model.eval()
+        fold_bn(model)
+        model.train(was)
+    model.lowbit_layers = _swap(model, cfg)  # type: ignore[assignment]
+    model.lowbit_config = str(cfg)  # type: ignore[assignment]
+    model.lowbit_fold_bn = cfg.fold_bn  # type: ignore[assignment]
+    return model, cfg
+
+
+def _inputs(batch: object) -> Tensor:
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise TypeError(f"calibration batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}")
+
+
+def _act_quants(model: nn.Module) -> list[ActQuant]:
+    return [m for m in model.modules() if isinstance(m, ActQuant)]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[object], max_batches: int = 8) -> nn.Module:
+    """Fix the activation ranges of a quantized model from a few batches (inputs or (inputs, targets))."""
+    if max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    aqs = [a for a in _act_quants(model) if not a.learned]
+    was = model.training
+    model.eval()
+    for a in aqs:
+        a.q.reset()
+        a.tracking, a.calibrating = False, True
+    seen = 0
+    try:
+        for b in islice(batches, max_batches):
+            model(_inputs(b))
+            seen += 1
+    finally:
+        for a in aqs:
+            if seen:
+                a.freeze()
+            a.calibrating = False
+    if seen == 0:
+        raise ValueError("calib gave no batches")
+    # LSQ activation quantizers take their first batch as their initial scale.
+    model.train(was)
+    return model
+
+
+def quantize(
+    model: nn.Module,
+    config: "QuantConfig | str | Mapping" = "w8",
+    calib: Iterable[object] | None = None,
+    *,
+    calib_batches: int = 8,
+    inplace: bool = False,
+) -> nn.Module:
+    """Post-training quantization: swap modules, fit weight scales, calibrate activation ranges."""
+    model, cfg = _prepare(model, config, inplace)
+    model.eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, QuantLayer) and m.weight_quant is not None and not m.weight_quant.frozen:
+                m.weight_quant.fit(m.weight)
+    if _act_quants(model):
+        if calib is None:
+            raise ValueError("config quantizes activations: pass calib=<batches or DataLoader> to calibrate their ranges")
+        calibrate(model, calib, calib_batches)
+    # weights only: their scales come from the weights themselves, calib is not needed
+    model.lowbit_stage = "ptq"  # type: ignore[assignment]
+    return model
+
+
+def prepare_qat(
+    model: nn.Module,
+    config: "QuantConfig | str | Mapping" = "w4:lsq",
+    calib: Iterable[object] | None = None,
+    *,
+    inplace: bool = False,
+) -> nn.Module:
+    """Ready a model for quantization-aware training: shadow float weights, fake-quantized forward."""
+    model, cfg = _prepare(model, config, inplace)
+    for a in _act_quants(model):
+        a.tracking = not a.learned
+    if calib is not None:
+        was = model.training
+        model.train()
+        with torch.no_grad():
+            for b in islice(calib, 4):
+                model(_inputs(b))  # seeds the moving averages / LSQ steps
+        model.train(was)
+    model.train()
+    model.lowbit_stage = "qat"  # type: ignore[assignment]
+    return model
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    """The model's quantized layers by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Freeze to integer weights (QTensor codes + scales) and fixed activation scales, for inference."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    layers = quantized_layers(model)
+    if not layers and not any(isinstance(m, PACT) for m in model.modules()):
+        raise ValueError("model has no quantized layers: run lowbit.quantize or lowbit.prepare_qat first")
+    if not inplace:
+        model = copy.deepcopy(model)
+        layers = quantized_layers(model)
+    with torch.no_grad():
+        for name, m in layers.items():
+            try:
+                m.convert_()
+            except ValueError as e:
+                raise ValueError(f"layer {name!r}: {e}") from None
+    for name, info in getattr(model, "lowbit_layers", {}).items():
+        info["converted"] = True
+    model.lowbit_stage = "converted"  # type: ignore[assignment]
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- files
+
+_STAGES = ("float", "ptq", "qat", "converted")
+
+
+def save(model: nn.Module, path: "str | os.PathLike[str]", *, metadata: Mapping[str, str] | None = None) -> None:
+    """Write a model (float, PTQ, QAT or converted) to a lowbit safetensors file, atomically.
+
+    Converted layers store only their integer weights (QTensor); PTQ/QAT layers
+    store the float shadow weight *and* its quantized QTensor (``<name>.weight:q``).
+    The metadata records the architecture (reference models), config and layers.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    layers = quantized_layers(model)
+    tensors: dict[str, object] = {}
+    for k, v in model.state_dict().items():
+        if v.numel():  # empty buffers are quantizers that were never frozen
+            # a copy: QTensors made by encode() share the quantizer's scale storage,
+            # and safetensors refuses tensors that share memory
+            tensors[k] = v.detach().clone()
+    for name, m in layers.items():
+        qt = m.encode_weight()
+        if qt is None:
+            continue
+        tensors[f"{name}.weight" if m.converted else f"{name}.weight:q"] = qt
+    stage = getattr(model, "lowbit_stage", "float" if not layers else "qat")
+    meta = {
+        "lowbit.model": "1",
+        "lowbit.stage": stage,
+        "lowbit.layers": json.dumps(getattr(model, "lowbit_layers", {})),
+        "lowbit.config": getattr(model, "lowbit_config", ""),
+        "lowbit.fold_bn": "1" if getattr(model, "lowbit_fold_bn", False) else "0",
+    }
+    arch = getattr(model, "lowbit_arch", None)
+    if arch is not None:
+        meta["lowbit.arch"] = json.dumps(arch)
+    for k, v in (metadata or {}).items():
+        if k in meta:
+            raise ValueError(f"metadata key {k!r} is reserved")
+        meta[k] = str(v)
+    save_qtensors(path, tensors, meta)  # type: ignore[arg-type]
+
+
+def read_metadata(path: "str | os.PathLike[str]") -> dict[str, str]:
+    """The metadata of a file written by :func:`save`."""
+    _, meta = load_qtensors(path, with_metadata=True)
+    return meta
+
+
+def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model written by :func:`save`, with identical outputs.
+
+    Reference models (``lowbit.models``) rebuild from the stored architecture;
+    for any other model pass ``model=`` a float instance of the same architecture
+    (its values are overwritten).
+    """
+    tensors, meta = load_qtensors(path, with_metadata=True)
+    if meta.get("lowbit.model") != "1":
+        raise ValueError(f"{path} is a lowbit tensor file but not a model written by lowbit.save")
+    stage = meta.get("lowbit.stage", "")
+    if stage not in _STAGES:
+        raise ValueError(f"{path}: unknown stage {stage!r}; expected one of {_STAGES}")
+    if model is None:
+        if "lowbit.arch" not in meta:
+            raise ValueError(
+                f"{path} has no architecture description (not a lowbit reference model): "
+                "pass model=<a float instance of the same architecture>"
+            )
+        from .models import build_from_arch
+
+        model = build_from_arch(json.loads(meta["lowbit.arch"]))
+    elif not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    else:
+        model = copy.deepcopy(model)
+    layers: dict[str, dict[str, object]] = json.loads(meta.get("lowbit.layers", "{}"))
+    if meta.get("lowbit.fold_bn") == "1":
+        model.eval()
+        fold_bn(model)
+    for name, info in layers.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path}: layer {name!r} does not exist in the model; is it the same architecture?") from None
+        handler = handler_for(old)
+        if handler is None:
+            raise ValueError(f"{path}: layer {name!r} ({type(old).__name__}) has no quantization handler")
+        new = handler(old, info.get("weight"), info.get("act"))  # type: ignore[arg-type]
+        if type(new).__name__ != info.get("kind"):
+            raise ValueError(f"{path}: layer {name!r} rebuilt as {type(new).__name__}, the file says {info.get('kind')}")
+        _set_module(model, name, new)
+        if isinstance(new, QuantLayer) and info.get("converted"):
+            qt = tensors.get(f"{name}.weight")
+            if not isinstance(qt, QTensor):
+                raise ValueError(f"{path}: converted layer {name!r} has no integer weight entry")
+            try:
+                new.set_qweight(qt)
+            except ValueError as e:
+                raise ValueError(f"{path}: layer {name!r}: {e}; is it the same architecture?") from None
+    state = {k: v for k, v in tensors.items() if not k.endswith(":q") and isinstance(v, Tensor)}
+    for k, v in tensors.items():
+        if isinstance(v, QTensor) and not k.endswith(":q"):
+            state[k] = v.dequantize()
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit the model; is it the same architecture? {e}") from None
+    if result.unexpected_keys:
+        raise ValueError(f"{path}: entries {result.unexpected_keys[:5]} do not fit the model; is it the same architecture?")
+    bad = [k for k in result.missing_keys if not k.rsplit(".", 1)[-1] in ("scale", "zero_point", "running_lo", "running_hi")]
+    if bad:
+        raise ValueError(f"{path}: the file lacks entries {bad[:5]} of the model")
+    for a in _act_quants(model):
+        a.tracking = stage == "qat" and not a.learned
+    model.lowbit_layers = layers  # type: ignore[assignment]
+    model.lowbit_config = meta.get("lowbit.config", "")  # type: ignore[assignment]
+    model.lowbit_fold_bn = meta.get("lowbit.fold_bn") == "1"  # type: ignore[assignment]
+    model.lowbit_stage = stage  # type: ignore[assignment]
+    model.train(stage == "qat")
+    return model

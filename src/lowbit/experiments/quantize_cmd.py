@@ -1,0 +1,40 @@
+"""``lowbit quantize``: post-training quantization of a saved float model; prints the accuracies."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..api import convert, load, quantize, read_metadata, save
+from ..data import get_dataset, loader
+from ..train import evaluate
+from .cmd_common import add_common, setup
+
+HELP = "post-training quantization of a saved float model (calibrate, convert, save the integer model)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``lowbit quantize``."""
+    p.add_argument("checkpoint", help="a float model saved by 'lowbit train'")
+    add_common(p, data_from_checkpoint=True)
+    p.add_argument("--config", default="w8", help="quantization config, e.g. 'w4', 'w4,a8', '*=int4:channel:mse,classifier=int8' (default: w8)")
+    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for activation ranges (default: 8)")
+    p.add_argument("--out", default=None, help="where to save the integer model (default: <checkpoint>.<config>.lowbit)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Quantize, convert, save; print float and quantized test accuracy."""
+    setup(args)
+    meta = read_metadata(args.checkpoint)
+    data = args.data or meta.get("lowbit.data", "digits")
+    ds = get_dataset(data)
+    model = load(args.checkpoint)
+    test = loader(ds.test, 256)
+    calib = loader(ds.train, 64, shuffle=True, seed=args.seed)
+    acc_f = evaluate(model, test)
+    qmodel = convert(quantize(model, args.config, calib=calib, calib_batches=args.calib_batches))
+    acc_q = evaluate(qmodel, test)
+    safe = "".join(c if c.isalnum() else "_" for c in args.config)
+    out = args.out or str(Path(args.checkpoint).with_suffix("")) + f".{safe}.lowbit"
+    save(qmodel, out, metadata={"lowbit.data": data, "lowbit.accuracy": f"{acc_q:.4f}"})
+    print(f"float {acc_f:.2f} %  ->  {args.config}: {acc_q:.2f} %  ({acc_q - acc_f:+.2f} pt) -> {out}")
+    return 0

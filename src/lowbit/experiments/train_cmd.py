@@ -1,0 +1,53 @@
+"""``lowbit train``: train a reference model (float, or QAT with ``--qat CONFIG``) and save it."""
+from __future__ import annotations
+
+import argparse
+
+from ..api import prepare_qat, save
+from ..data import get_dataset, loader
+from ..models import build_model, model_names
+from ..train import evaluate, fit, seed_everything
+from .cmd_common import add_common, setup
+
+HELP = "train a reference model (float, or quantization-aware with --qat) and save a checkpoint"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``lowbit train``."""
+    add_common(p)
+    p.add_argument("--model", default="vgg", choices=model_names(), help="reference model (default: vgg)")
+    p.add_argument("--init", default=None, metavar="FILE", help="start from this float checkpoint (for QAT)")
+    p.add_argument("--qat", default=None, metavar="CONFIG", help="quantization-aware training with this config, e.g. 'w4:lsq.mse'")
+    p.add_argument("--epochs", type=int, default=15, help="epochs (default: 15)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-3 float, 3e-4 QAT)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--pact-lambda", type=float, default=1e-4, help="L2 weight on PACT clips (default: 1e-4)")
+    p.add_argument("--out", default="runs/model.lowbit", help="checkpoint path (default: runs/model.lowbit)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, print the test accuracy, save (float and quantized weights for QAT)."""
+    setup(args)
+    ds = get_dataset(args.data)
+    seed_everything(args.seed)
+    if args.init:
+        from ..api import load
+
+        model = load(args.init)
+    else:
+        model = build_model(args.model, ds.input_shape, ds.num_classes)
+    if args.qat:
+        model = prepare_qat(model, args.qat)
+    lr = args.lr if args.lr is not None else (3e-4 if args.qat else 3e-3)
+    train = loader(ds.train, args.batch_size, shuffle=True, seed=args.seed)
+    test = loader(ds.test, 256)
+    from pathlib import Path
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    hist = fit(model, train, epochs=args.epochs, lr=lr, test=test, pact_lambda=args.pact_lambda if args.qat else 0.0,
+               checkpoint=args.out, desc="qat" if args.qat else "train")
+    acc = evaluate(model, test)
+    save(model, args.out, metadata={"lowbit.data": args.data, "lowbit.accuracy": f"{acc:.4f}", "lowbit.seed": str(args.seed)})
+    print(f"{'QAT ' + args.qat if args.qat else 'float'} {args.model} on {ds.name}: test accuracy {acc:.2f} % "
+          f"({hist.time_per_step * 1e3:.1f} ms/step) -> {args.out}")
+    return 0

@@ -1,0 +1,104 @@
+"""The registry that maps module types to the handler that quantizes them (torchao style).
+
+A handler takes ``(module, weight_spec, act_spec)`` and returns the module that
+replaces it. Built in: ``nn.Linear`` -> :class:`QuantLinear`, ``nn.Conv1d`` /
+``nn.Conv2d`` -> :class:`QuantConv1d` / :class:`QuantConv2d` (weights, and the
+input when an activation spec is given), ``nn.ReLU`` -> :class:`PACT` when the
+activation spec has the ``pact`` token. Add more with :func:`register_handler`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from ..quantizer import Quantizer, parse_spec, quantizer
+from .act import PACT, ActQuant
+from .layers import QuantConv1d, QuantConv2d, QuantLinear
+from .lsq import lsq_from_spec
+
+__all__ = [
+    "Handler",
+    "register_handler",
+    "handler_for",
+    "handled_types",
+    "weight_quantizer",
+    "act_quantizer",
+    "is_pact_spec",
+]
+
+Handler = Callable[[nn.Module, "str | None", "str | None"], nn.Module]
+
+_HANDLERS: dict[type, Handler] = {}
+
+
+def register_handler(module_type: type, handler: Handler) -> None:
+    """Quantize modules of ``module_type`` (and subclasses) with ``handler(module, weight_spec, act_spec)``."""
+    if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
+        raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    _HANDLERS[module_type] = handler
+
+
+def handler_for(module: nn.Module) -> Handler | None:
+    """The handler for ``module``'s type (nearest registered base class), or None."""
+    for t in type(module).__mro__:
+        if t in _HANDLERS:
+            return _HANDLERS[t]
+    return None
+
+
+def handled_types() -> list[str]:
+    """Names of the module types that have a handler."""
+    return sorted(t.__name__ for t in _HANDLERS)
+
+
+def is_pact_spec(spec: str | None) -> bool:
+    """True for activation specs that ask for PACT (``uint4:pact``)."""
+    return spec is not None and "pact" in spec.lower().split(":")
+
+
+def _pact_bits(spec: str) -> int:
+    rest = ":".join(t for t in spec.lower().split(":") if t != "pact")
+    p = parse_spec(rest)
+    if not (p.format.startswith("uint") and p.granularity == "tensor" and p.range == "minmax"):
+        raise ValueError(f"activation spec {spec!r}: PACT needs a plain unsigned format such as 'uint4:pact'")
+    return int(p.format[4:])
+
+
+def weight_quantizer(spec: str, weight: Tensor | None = None) -> Quantizer:
+    """A weight quantizer for ``spec``; the ``lsq`` token gives a learned step size initialised from ``weight``."""
+    if parse_spec(spec).range.startswith("lsq"):
+        return lsq_from_spec(spec, init=None if weight is None else weight.detach())
+    return quantizer(spec)
+
+
+def act_quantizer(spec: str) -> ActQuant:
+    """An input (activation) quantizer for ``spec``."""
+    if is_pact_spec(spec):
+        raise ValueError(f"activation spec {spec!r}: 'pact' applies to ReLU modules, not to a layer's input")
+    if parse_spec(spec).range.startswith("lsq"):
+        return ActQuant(lsq_from_spec(spec))
+    return ActQuant(quantizer(spec))
+
+
+def _layer_handler(cls: type) -> Handler:
+    def handle(mod: nn.Module, wspec: str | None, aspec: str | None) -> nn.Module:
+        wq = weight_quantizer(wspec, mod.weight) if wspec else None  # type: ignore[arg-type]
+        aq = act_quantizer(aspec) if aspec and not is_pact_spec(aspec) else None
+        if wq is None and aq is None:
+            return mod
+        return cls.from_float(mod, wq, aq)  # type: ignore[attr-defined]
+
+    return handle
+
+
+def _relu_handler(mod: nn.Module, wspec: str | None, aspec: str | None) -> nn.Module:
+    if is_pact_spec(aspec):
+        return PACT(_pact_bits(aspec))  # type: ignore[arg-type]
+    return mod
+
+
+register_handler(nn.Linear, _layer_handler(QuantLinear))
+register_handler(nn.Conv1d, _layer_handler(QuantConv1d))
+register_handler(nn.Conv2d, _layer_handler(QuantConv2d))
+register_handler(nn.ReLU, _relu_handler)
