@@ -1,0 +1,223 @@
+"""The SNN quantization ablation: FP32 / PTQ / QAT / stateful QAT / QAT + stateful QAT at several bit widths.
+
+One recurrent SNN is trained in float on a Randman task; every quantized variant
+starts from its weights. PTQ quantizes the trained weights (and states) without
+training; QAT fine-tunes with fixed-point weights (per population, refitted every
+batch); stateful QAT (SQUAT) fine-tunes with quantized membrane states; the last
+row does both. States use uniform or threshold-centred levels whose range is
+calibrated from the float network's membrane distribution (or snnTorch's fixed
+``[-thr, 1.2 thr]``), and the fraction of clipped states is reported.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..data.spiking import randman_raster, split
+from .network import SNN
+from .quant import StateQuantizer, calibrate_state_range, state_quantizer
+from .train import evaluate, record_membrane, train
+
+__all__ = ["AblationConfig", "run_ablation", "format_table", "plot_state_levels"]
+
+STATE_KINDS = ("uniform", "thr")
+
+
+@dataclass
+class AblationConfig:
+    """Everything that defines one ablation run (the defaults are the ``lowbit snn`` task)."""
+
+    seed: int = 0
+    bits: tuple[int, ...] = (8, 4, 2)
+    nb_classes: int = 10
+    nb_units: int = 50
+    nb_steps: int = 30
+    dim_manifold: int = 2
+    alpha: float = 2.0
+    nb_samples: int = 500
+    hidden: int = 128
+    recurrent: bool = True
+    beta: float = 0.9
+    epochs: int = 12
+    qat_epochs: int = 4
+    batch_size: int = 128
+    lr: float = 2e-3
+    qat_lr: float = 1e-3
+    weight_format: str = "fxp{bits}:p99"
+    scope: str = "population"
+    state_range: str = "calibrated"
+    state_pct: tuple[float, float] = (2.0, 98.0)
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError on a bad setting."""
+        if not self.bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 < b <= 16 for b in self.bits):
+            raise ValueError(f"bits must be ints in 2..16, got {self.bits!r}")
+        if self.state_range not in ("calibrated", "fixed"):
+            raise ValueError(f"state_range must be 'calibrated' or 'fixed', got {self.state_range!r}")
+        if "{bits}" not in self.weight_format:
+            raise ValueError(f"weight_format must contain '{{bits}}', got {self.weight_format!r}")
+        for name in ("epochs", "qat_epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+
+
+def _set_states(model: SNN, q: StateQuantizer | None) -> None:
+    model.set_state_quant(q)
+
+
+def _eval_clip(model: SNN, x: torch.Tensor, y: torch.Tensor, q: StateQuantizer | None) -> tuple[float, float | None]:
+    if q is None:
+        return evaluate(model, x, y), None
+    q.start_tracking()
+    acc = evaluate(model, x, y)
+    return acc, q.stop_tracking()
+
+
+def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, object]:
+    """Train and evaluate every variant; returns the config, the rows, timings and the FP membrane sample."""
+    cfg.validate()
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    x, y = randman_raster(cfg.nb_classes, cfg.nb_units, cfg.nb_steps, 1.0, cfg.dim_manifold, 1, cfg.nb_samples,
+                          cfg.alpha, True, cfg.seed)
+    xtr, ytr, xte, yte = split(x, y, 0.2, seed=cfg.seed)
+    fp = SNN(cfg.nb_units, cfg.hidden, cfg.nb_classes, recurrent=cfg.recurrent, beta=cfg.beta, seed=cfg.seed)
+    h = train(fp, xtr, ytr, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=progress)
+    fp_step = sum(h["step_s"]) / max(len(h["step_s"]), 1)
+    fp_acc = evaluate(fp, xte, yte)
+    log(f"FP32: {100 * fp_acc:.2f} %  ({time.perf_counter() - t_start:.0f} s)")
+    thr = fp.hidden[0].threshold
+    mem = record_membrane(fp, xtr[:512])
+    if cfg.state_range == "calibrated":
+        lower, upper = calibrate_state_range(mem, thr, *cfg.state_pct)
+    else:
+        lower, upper = 0.0, 0.2  # snnTorch's defaults: [-thr, 1.2 thr]
+    rows: list[dict[str, object]] = [{"method": "FP32", "bits": 32, "states": "-", "acc": fp_acc, "clipped": None}]
+    step_times: dict[str, float] = {"float": fp_step}
+    if cfg.qat_epochs:
+        # the float network fine-tuned as long as every QAT variant: the fair baseline for "within N points"
+        ft = copy.deepcopy(fp)
+        train(ft, xtr, ytr, epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=cfg.seed + 1)
+        rows.append({"method": "FP32 fine-tuned", "bits": 32, "states": "-", "acc": evaluate(ft, xte, yte), "clipped": None})
+        log(f"FP32 fine-tuned {cfg.qat_epochs} more epochs: {100 * rows[-1]['acc']:.2f} %")  # type: ignore[operator]
+
+    def variant(method: str, bits: int, kind: str | None, quant_w: bool, train_epochs: int) -> None:
+        m = copy.deepcopy(fp)
+        if quant_w:
+            m.quantize_weights(cfg.weight_format.format(bits=bits), cfg.scope)
+        q = state_quantizer(kind, bits, thr, lower, upper) if kind is not None else None
+        _set_states(m, q)
+        if train_epochs:
+            hh = train(m, xtr, ytr, epochs=train_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=cfg.seed + 1,
+                       progress=progress)
+            step_times.setdefault(f"{method}@{bits}", sum(hh["step_s"]) / len(hh["step_s"]))
+        acc, clipped = _eval_clip(m, xte, yte, q)
+        rows.append({"method": method, "bits": bits, "states": kind or "-", "acc": acc, "clipped": clipped})
+        clip_s = f", clipped {100 * clipped:.2f} %" if clipped is not None else ""
+        log(f"{method:>14} {bits} bit {kind or '':>7}: {100 * acc:.2f} %{clip_s}  ({time.perf_counter() - t_start:.0f} s)")
+
+    for b in cfg.bits:
+        variant("PTQ", b, None, True, 0)
+        for k in STATE_KINDS:
+            variant("PTQ", b, k, True, 0)
+        variant("QAT", b, None, True, cfg.qat_epochs)
+        for k in STATE_KINDS:
+            variant("SQUAT", b, k, False, cfg.qat_epochs)
+        for k in STATE_KINDS:
+            variant("QAT+SQUAT", b, k, True, cfg.qat_epochs)
+    wall = time.perf_counter() - t_start
+    return {
+        "config": asdict(cfg),
+        "rows": rows,
+        "state_range": {"lower_limit": lower, "upper_limit": upper, "threshold": thr},
+        "step_s": step_times,
+        "wall_s": wall,
+        "mem_sample": mem,
+    }
+
+
+def format_table(result: dict[str, object]) -> str:
+    """The ablation as a markdown table: one row per method and state kind, one column per bit width."""
+    rows = result["rows"]  # type: ignore[assignment]
+    bits = list(result["config"]["bits"])  # type: ignore[index]
+    fp = next(r for r in rows if r["method"] == "FP32")  # type: ignore[union-attr]
+    head = "| method | states | " + " | ".join(f"{b} bit" for b in bits) + " |"
+    lines = [head, "|" + "---|" * (2 + len(bits)), f"| FP32 | - | " + " | ".join(f"{100 * fp['acc']:.2f}" for _ in bits) + " |"]
+    ft = next((r for r in rows if r["method"] == "FP32 fine-tuned"), None)  # type: ignore[union-attr]
+    if ft is not None:
+        lines.append("| FP32 fine-tuned | - | " + " | ".join(f"{100 * ft['acc']:.2f}" for _ in bits) + " |")
+    order = [("PTQ", "-"), ("PTQ", "uniform"), ("PTQ", "thr"), ("QAT", "-"), ("SQUAT", "uniform"), ("SQUAT", "thr"),
+             ("QAT+SQUAT", "uniform"), ("QAT+SQUAT", "thr")]
+    for method, kind in order:
+        cells = []
+        for b in bits:
+            r = next((r for r in rows if r["method"] == method and r["states"] == kind and r["bits"] == b), None)  # type: ignore[union-attr]
+            if r is None:
+                cells.append("")
+                continue
+            c = f"{100 * r['acc']:.2f}"
+            if r["clipped"] is not None:
+                c += f" ({100 * r['clipped']:.1f} % clip)"
+            cells.append(c)
+        label = {"-": "weights only" if method in ("PTQ", "QAT") else "-"}.get(kind, kind)
+        lines.append(f"| {method} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_state_levels(result: dict[str, object], path: str | os.PathLike[str]) -> Path:
+    """Plot the uniform and threshold-centred level placements over the float membrane-potential histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mem = result["mem_sample"].flatten().numpy()  # type: ignore[union-attr]
+    sr = result["state_range"]
+    bits = list(result["config"]["bits"])  # type: ignore[index]
+    fig, axes = plt.subplots(len(bits), 2, figsize=(11, 2.6 * len(bits)), squeeze=False, sharex=True)
+    lo = min(float(mem.min()), -sr["threshold"] * (1 + sr["lower_limit"]))  # type: ignore[index]
+    hi = max(float(mem.max()), sr["threshold"] * (1 + sr["upper_limit"]))  # type: ignore[index]
+    for i, b in enumerate(bits):
+        for j, kind in enumerate(STATE_KINDS):
+            ax = axes[i][j]
+            ax.hist(mem, bins=200, range=(lo, hi), color="0.6", log=True)
+            q = state_quantizer(kind, b, sr["threshold"], sr["lower_limit"], sr["upper_limit"])  # type: ignore[index]
+            for v in q.levels.tolist():
+                ax.axvline(v, color="tab:red" if kind == "thr" else "tab:blue", lw=0.6, alpha=0.8)
+            ax.axvline(sr["threshold"], color="k", ls="--", lw=1)  # type: ignore[index]
+            ax.set_title(f"{b}-bit {'threshold-centred' if kind == 'thr' else 'uniform'} ({len(q.levels)} levels)", fontsize=9)
+            if i == len(bits) - 1:
+                ax.set_xlabel("membrane potential (float network)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def save_report(result: dict[str, object], folder: str | os.PathLike[str], plot: bool = True) -> dict[str, Path]:
+    """Write ``ablation.md``, ``ablation.json`` and (if ``plot``) ``state_levels.png`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    md = folder / "ablation.md"
+    md.write_text(format_table(result) + f"\n\nwall time: {result['wall_s']:.1f} s\n")
+    out["table"] = md
+    js = folder / "ablation.json"
+    js.write_text(json.dumps({k: v for k, v in result.items() if k != "mem_sample"}, indent=1, default=float))
+    out["json"] = js
+    if plot:
+        out["plot"] = plot_state_levels(result, folder / "state_levels.png")
+    return out

@@ -1,0 +1,162 @@
+"""A feed-forward or recurrent spiking classifier: input -> LIF layer(s) -> leaky-integrator readout.
+
+Connections are named ``fc0, fc1, ...`` (feed-forward into hidden layer ``k``),
+``rec0, ...`` (recurrent, when ``recurrent=True``) and ``out``; populations are
+``hidden0, ...`` and ``out``. :meth:`SNN.quantize_weights` attaches a
+:class:`~lowbit.snn.quant.WeightQuant`; :meth:`SNN.set_state_quant` sets the
+hidden neurons' state quantizer. Weights are quantized once per forward pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .neurons import LI, LIF, RLIF, StateQuant, linear_seq
+from .quant import SCOPES, WeightQuant
+
+__all__ = ["SNN"]
+
+
+class SNN(nn.Module):
+    """Spiking classifier with explicit, quantizable connections; input [batch, time, n_in] -> logits."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_hidden: int | Sequence[int],
+        n_out: int,
+        *,
+        recurrent: bool = True,
+        beta: float | None = None,
+        tau_mem: float | None = None,
+        dt: float = 1.0,
+        alpha: float | None = None,
+        tau_syn: float | None = None,
+        threshold: float = 1.0,
+        reset: str = "subtract",
+        surrogate: str | Callable[[Tensor], Tensor] = "fast_sigmoid",
+        readout: str = "max",
+        out_beta: float | None = None,
+        out_tau_mem: float | None = None,
+        init_scale: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        hidden = [n_hidden] if isinstance(n_hidden, int) else list(n_hidden)
+        for name, v in (("n_in", n_in), ("n_out", n_out)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"n_hidden must be a positive int or a non-empty list of them, got {n_hidden!r}")
+        if beta is None and tau_mem is None:
+            beta = 0.9
+        if out_beta is None and out_tau_mem is None:
+            out_beta, out_tau_mem = (beta, tau_mem)
+        g = torch.Generator().manual_seed(seed)
+        self.sizes = [n_in, *hidden, n_out]
+        self.recurrent = bool(recurrent)
+        kw = dict(beta=beta, tau_mem=tau_mem, dt=dt, alpha=alpha, tau_syn=tau_syn, threshold=threshold,
+                  reset=reset, surrogate=surrogate)
+        self.fc = nn.ParameterList()
+        self.hidden = nn.ModuleList()
+        for k, h in enumerate(hidden):
+            fan_in = self.sizes[k]
+            self.fc.append(nn.Parameter(torch.randn(h, fan_in, generator=g) * (init_scale / math.sqrt(fan_in))))
+            if recurrent:
+                self.hidden.append(RLIF(h, init_scale=init_scale, generator=g, **kw))
+            else:
+                self.hidden.append(LIF(h, **kw))
+        self.w_out = nn.Parameter(torch.randn(n_out, hidden[-1], generator=g) * (1.0 / math.sqrt(hidden[-1])))
+        self.readout = LI(n_out, beta=out_beta, tau_mem=out_tau_mem, dt=dt, readout=readout)
+        self.weight_quant: WeightQuant | None = None
+
+    # ------------------------------------------------------------------ structure
+
+    def connections(self) -> dict[str, Tensor]:
+        """Every weight matrix by connection name (post x pre): fc<k>, rec<k>, out."""
+        out: dict[str, Tensor] = {}
+        for k, neuron in enumerate(self.hidden):
+            out[f"fc{k}"] = self.fc[k]
+            if isinstance(neuron, RLIF):
+                out[f"rec{k}"] = neuron.weight_rec
+        out["out"] = self.w_out
+        return out
+
+    def connection_params(self) -> dict[str, str]:
+        """Connection name -> parameter name in ``named_parameters()``."""
+        out: dict[str, str] = {}
+        for k, neuron in enumerate(self.hidden):
+            out[f"fc{k}"] = f"fc.{k}"
+            if isinstance(neuron, RLIF):
+                out[f"rec{k}"] = f"hidden.{k}.weight_rec"
+        out["out"] = "w_out"
+        return out
+
+    def populations(self) -> dict[str, list[str]]:
+        """Target population -> the connections into it (feed-forward and recurrent together)."""
+        out = {f"hidden{k}": [c for c in (f"fc{k}", f"rec{k}") if c in self.connections()] for k in range(len(self.hidden))}
+        out["out"] = ["out"]
+        return out
+
+    # ------------------------------------------------------------------ quantization
+
+    def quantize_weights(self, spec: str | None = "fxp8:p99", scope: str = "population") -> "SNN":
+        """Fake-quantize weights with ``spec`` per population (shared scale) or per connection; None removes it."""
+        if spec is None:
+            self.weight_quant = None
+            return self
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        groups = self.populations() if scope == "population" else {c: [c] for c in self.connections()}
+        self.weight_quant = WeightQuant(groups, spec)
+        return self
+
+    def set_state_quant(self, state_quant: StateQuant | Sequence[StateQuant | None] | None) -> "SNN":
+        """Set the membrane (and synaptic) state quantizer of every hidden layer (one, or one per layer)."""
+        qs = list(state_quant) if isinstance(state_quant, (list, tuple)) else [state_quant] * len(self.hidden)
+        if len(qs) != len(self.hidden):
+            raise ValueError(f"state_quant must be one callable or {len(self.hidden)} of them, got {len(qs)}")
+        for neuron, q in zip(self.hidden, qs):
+            if q is not None and not callable(q):
+                raise TypeError(f"state_quant must be callable, got {type(q).__name__}")
+            neuron.state_quant = q
+        return self
+
+    def effective_weights(self) -> dict[str, Tensor]:
+        """The weights the forward pass uses: quantized (straight-through) when weight quantization is on."""
+        w = self.connections()
+        return self.weight_quant(w) if self.weight_quant is not None else w
+
+    # ------------------------------------------------------------------ forward
+
+    def run(self, x: Tensor, record: bool = False) -> dict[str, object]:
+        """Forward pass returning logits and, if ``record``, each layer's spikes and membrane traces."""
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.sizes[0]:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape [batch, time, {self.sizes[0]}], got {shape}")
+        w = self.effective_weights()  # once per forward pass, not per time step
+        h = x
+        spikes, mems = [], []
+        for k, neuron in enumerate(self.hidden):
+            cur = linear_seq(h, w[f"fc{k}"])
+            if isinstance(neuron, RLIF):
+                res = neuron(cur, record=record, weight_rec=w[f"rec{k}"])
+            else:
+                res = neuron(cur, record=record)
+            h = res[0]
+            spikes.append(h)
+            if record:
+                mems.append(res[2])
+        out_trace = self.readout.trace(linear_seq(h, w["out"]))
+        logits = self.readout.reduce(out_trace)
+        result: dict[str, object] = {"logits": logits}
+        if record:
+            result.update(spikes=spikes, mem=mems, out=out_trace)
+        return result
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits [batch, n_out] for spike input ``x`` [batch, time, n_in]."""
+        return self.run(x)["logits"]  # type: ignore[return-value]

@@ -1,0 +1,37 @@
+"""``lowbit snn``: the ablation table, the report files, and same seed -> same numbers."""
+import json
+
+import pytest
+
+from lowbit.cli import main
+
+TINY = ["snn", "--bits", "2", "--epochs", "2", "--qat-epochs", "1", "--samples", "12", "--classes", "3",
+        "--units", "10", "--steps", "10", "--hidden", "12", "--threads", "1"]
+
+
+def test_snn_command_table_report_and_determinism(tmp_path, capsys):
+    assert main(TINY + ["--seed", "1", "--report-dir", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    for row in ("| FP32 |", "| PTQ | weights only |", "| QAT | weights only |", "| SQUAT | uniform |",
+                "| SQUAT | thr |", "| QAT+SQUAT | uniform |", "| QAT+SQUAT | thr |"):
+        assert row in out
+    assert "% clip" in out
+    assert (tmp_path / "a" / "state_levels.png").stat().st_size > 1000
+    res_a = json.loads((tmp_path / "a" / "ablation.json").read_text())
+    assert len(res_a["rows"]) == 2 + 8  # FP32, FP32 fine-tuned, 8 quantized variants per bit width
+    assert "| FP32 fine-tuned |" in out
+    assert main(TINY + ["--seed", "1", "--no-plot", "--report-dir", str(tmp_path / "b")]) == 0
+    res_b = json.loads((tmp_path / "b" / "ablation.json").read_text())
+    assert [r["acc"] for r in res_a["rows"]] == [r["acc"] for r in res_b["rows"]]
+    assert not (tmp_path / "b" / "state_levels.png").exists()
+
+
+def test_snn_command_bad_bits(capsys):
+    assert main(["snn", "--bits", "1", "--no-plot"]) == 2
+    assert "bits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--state-range", "--scope"])
+def test_snn_command_rejects_unknown_choice(flag):
+    with pytest.raises(SystemExit):
+        main(["snn", flag, "bogus"])
