@@ -1,0 +1,212 @@
+"""ONNX export: onnxruntime reproduces the fake-quantized PyTorch models on the digits test set."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import lowbit  # noqa: E402
+from lowbit.codebooks import nf4_levels  # noqa: E402
+from lowbit.data.images import loader  # noqa: E402
+from lowbit.targets.onnx_export import export_onnx, onnx_ops, run_onnx, to_onnx  # noqa: E402
+
+
+def _compare(model: nn.Module, x: torch.Tensor, **kw) -> tuple[float, float, object]:
+    """(max |logit diff| / logit range, fraction of equal predictions, ModelProto), the worse of
+    onnxruntime with its QDQ rewrites off (exact) and with its default optimizations (fused int kernels)."""
+    model.eval()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    proto = to_onnx(model, x[:2], **kw)  # batch 2 in the trace, 360 at run time: the batch is dynamic
+    errs, agrees = [], []
+    for exact in (True, False):
+        got = run_onnx(proto, x, exact=exact)
+        assert got.shape == ref.shape
+        errs.append(float(np.abs(got - ref).max() / (ref.max() - ref.min())))
+        agrees.append(float((got.argmax(1) == ref.argmax(1)).mean()))
+    return max(errs), min(agrees), proto
+
+
+def _inits(proto) -> dict[str, np.ndarray]:
+    return {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+
+
+def _ptq(model, cfg, digits):
+    return lowbit.quantize(model, cfg, calib=loader(digits.train, 256), calib_batches=2)
+
+
+CONFIGS = ["w8", "w4", "w2", "w4:nf4:channel", "w4,a8", "w4,a4", "w2,a4:pact"]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_onnxruntime_matches_fake_quant(which, cfg, digits, request):
+    model = request.getfixturevalue(f"float_{which}")[0]
+    q = _ptq(model, cfg, digits)
+    x = digits.test.tensors[0]
+    err, agree, proto = _compare(q, x)
+    assert err <= 1e-4, f"{which} {cfg}: logits differ by {err:.3g} of their range"
+    assert agree >= 0.995
+    ops = onnx_ops(proto)
+    if "nf4" in cfg:
+        assert ops["Gather"] == len(lowbit.api.quantized_layers(q))
+        assert "DequantizeLinear" not in ops
+    else:
+        assert ops["DequantizeLinear"] >= len(lowbit.api.quantized_layers(q))
+    if ",a" in cfg:
+        assert ops["QuantizeLinear"] >= 2
+
+
+def test_int_weights_are_stored_as_integer_codes(digits, float_cnn):
+    q = _ptq(float_cnn[0], "w2", digits)
+    proto = to_onnx(q, digits.test.tensors[0][:2])
+    inits = _inits(proto)
+    codes = {k: v for k, v in inits.items() if k.endswith(".int2")}
+    layers = lowbit.api.quantized_layers(q)
+    assert len(codes) == len(layers)
+    for name, layer in layers.items():
+        c = codes[f"{name}.weight.int2"]
+        assert c.dtype == np.int8 and c.min() >= -2 and c.max() <= 1
+        np.testing.assert_array_equal(c, layer.encode_weight().int_repr().numpy())
+    # no float copy of any quantized weight travels in the file
+    assert not any(k.endswith(".weight") and v.dtype == np.float32 for k, v in inits.items())
+
+
+def test_sub_8_bit_activations_are_clipped_in_the_int8_container(digits, float_mlp):
+    q = _ptq(float_mlp[0], "w4,a4", digits)
+    proto = to_onnx(q, digits.test.tensors[0][:2])
+    inits = _inits(proto)
+    clips = [n for n in proto.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 3  # one per quantized layer input
+    for n in clips:
+        lo, hi = inits[n.input[1]], inits[n.input[2]]
+        assert lo.shape == hi.shape == ()  # Clip's bounds are scalars
+        assert lo.dtype == np.uint8 and int(lo) == 0 and int(hi) == 15
+
+
+def test_codebook_weights_are_a_gather_from_the_level_table(digits, float_mlp):
+    q = _ptq(float_mlp[0], "w4:nf4:group16", digits)
+    err, agree, proto = _compare(q, digits.test.tensors[0])
+    assert err <= 1e-4 and agree >= 0.995
+    inits = _inits(proto)
+    levels = [v for k, v in inits.items() if k.endswith(".levels")]
+    codes = [v for k, v in inits.items() if k.endswith(".codes4")]
+    assert len(levels) == len(codes) == 3
+    for lv in levels:
+        np.testing.assert_array_equal(lv, nf4_levels().numpy())
+    for c in codes:
+        assert c.dtype == np.uint8 and c.max() <= 15 and c.shape[1] == 16  # row view: one row per group
+
+
+@pytest.mark.parametrize("cfg", ["w4:int4:group16", "w4:uint4:channel", "w2:ternary:channel", "w3:int3:channel,a3:uint3"])
+def test_more_formats_and_granularities(cfg, digits, float_mlp):
+    q = _ptq(float_mlp[0], cfg, digits)
+    err, agree, _ = _compare(q, digits.test.tensors[0])
+    assert err <= 1e-4 and agree >= 0.995
+
+
+def test_qcdq_weight_format_matches_and_carries_the_bit_width(digits, float_cnn):
+    q = _ptq(float_cnn[0], "w4,a4", digits)
+    err, agree, proto = _compare(q, digits.test.tensors[0], weight_format="qcdq")
+    assert err <= 1e-4 and agree >= 0.995
+    ops = onnx_ops(proto)
+    # every weight and every layer input: QuantizeLinear -> Clip -> DequantizeLinear
+    n = 2 * len(lowbit.api.quantized_layers(q))
+    assert ops["QuantizeLinear"] == ops["Clip"] == ops["DequantizeLinear"] == n
+
+
+def test_qat_and_converted_models_export(digits, float_mlp):
+    x = digits.test.tensors[0]
+    qat = lowbit.prepare_qat(float_mlp[0], "w4:lsq,a8", calib=loader(digits.train, 128))
+    opt = torch.optim.SGD(qat.parameters(), lr=1e-3)
+    for _, (xb, yb) in zip(range(8), loader(digits.train, 64, shuffle=True, seed=0)):  # a few QAT steps
+        opt.zero_grad()
+        nn.functional.cross_entropy(qat(xb), yb).backward()
+        opt.step()
+    err, agree, _ = _compare(qat, x)
+    assert err <= 1e-4 and agree >= 0.995
+    conv = lowbit.convert(qat)
+    err, agree, _ = _compare(conv, x)
+    assert err <= 1e-4 and agree >= 0.995
+
+
+def test_export_onnx_writes_a_file_that_onnxruntime_runs(tmp_path, digits, float_cnn):
+    q = _ptq(float_cnn[0], "w4,a8", digits)
+    x = digits.test.tensors[0]
+    path = export_onnx(q, tmp_path / "m.onnx", x[:4])
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
+    with torch.no_grad():
+        ref = q.eval()(x).numpy()
+    np.testing.assert_allclose(run_onnx(path, x), ref, rtol=0, atol=1e-4 * float(ref.max() - ref.min()))
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["lowbit.config"] == q.lowbit_config
+
+
+class _Sorts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return torch.sort(self.fc(x.flatten(1)), dim=1).values
+
+
+def test_failed_export_leaves_no_file_and_names_the_node(tmp_path, digits):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old")
+    q = lowbit.quantize(_Sorts(), "w4")
+    with pytest.raises(ValueError, match="sort"):
+        export_onnx(q, path, digits.test.tensors[0][:2])
+    assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_bad_inputs_get_clear_errors(tmp_path, digits, float_mlp):
+    x = digits.test.tensors[0][:2]
+    model = float_mlp[0]
+    with pytest.raises(ValueError, match="features.0.*12-bit"):
+        to_onnx(lowbit.quantize(model, "*=int12:channel"), x)
+    with pytest.raises(TypeError, match="example_input"):
+        to_onnx(model, x.numpy())
+    with pytest.raises(TypeError, match="model"):
+        to_onnx("mlp", x)
+    with pytest.raises(ValueError, match="weight_format"):
+        to_onnx(model, x, weight_format="fp16")
+    with pytest.raises(ValueError, match="opset"):
+        to_onnx(model, x, opset=11)
+    with pytest.raises(ValueError, match=r"\.onnx"):
+        export_onnx(model, tmp_path / "m.bin", x)
+    with pytest.raises(FileNotFoundError, match="folder"):
+        export_onnx(model, tmp_path / "missing" / "m.onnx", x)
+    untrained = lowbit.prepare_qat(model, "w4,a8")  # no calibration, no training: no activation range yet
+    with pytest.raises(ValueError, match="features.0.*no fixed scale"):
+        to_onnx(untrained, x)
+
+
+def test_float_models_export_too(digits, float_cnn):
+    err, agree, proto = _compare(float_cnn[0], digits.test.tensors[0])
+    assert err <= 1e-4 and agree >= 0.995
+    assert "BatchNormalization" in onnx_ops(proto)
+
+
+def test_cli_export_onnx(tmp_path, capsys, digits, float_cnn):
+    from lowbit.cli import main
+
+    q = lowbit.convert(_ptq(float_cnn[0], "w4:nf4:channel,a8", digits))
+    ckpt, out = tmp_path / "m.lowbit", tmp_path / "m.onnx"
+    lowbit.save(q, ckpt)
+    assert main(["export-onnx", str(ckpt), str(out), "--data", "digits"]) == 0
+    text = capsys.readouterr().out
+    assert "Gather" in text and "predictions equal to PyTorch 100.00 %" in text
+    assert out.is_file()
+    with pytest.raises(SystemExit):
+        main(["export-onnx", str(ckpt), str(tmp_path / "x.onnx"), "--input-shape", "a,b"])
+    assert "--input-shape must be comma-separated integers" in capsys.readouterr().err
