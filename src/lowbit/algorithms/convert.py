@@ -1,0 +1,142 @@
+"""Turn shared weights into a converted lowbit model whose layers hold codebook QTensors.
+
+Every Conv/Linear layer becomes a converted ``QuantLinear`` / ``QuantConv*`` whose
+``qweight`` is a :class:`~lowbit.qtensor.QTensor` over a :class:`~lowbit.codebooks.LearnedCodebook`
+(scale 1: the levels are the weight values). With ``per_network=True`` one codebook
+instance is shared by all layers; otherwise each layer gets its own. The model
+then goes through ``lowbit.save`` / ``lowbit.load`` and the targets like any
+converted model (the codebook levels travel in the file).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..codebooks import LearnedCodebook
+from ..formats import register_format
+from ..nn.layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+from ..quantizer import Quantizer
+from .stats import shared_layers
+
+__all__ = ["SHARED_SPEC", "to_codebook_model", "codebook_levels"]
+
+#: weight spec recorded for shared layers; its real levels come from each QTensor
+SHARED_SPEC = "shared"
+
+# ``lowbit.load`` rebuilds a converted layer from its weight spec before installing
+# the stored QTensor, so the spec must parse; the placeholder levels are never used.
+register_format(
+    SHARED_SPEC,
+    lambda m: LearnedCodebook([-1.0, 1.0], name=SHARED_SPEC),
+    defaults=("fixed",),
+    help="shared (learned weight-sharing codebook; levels stored with each tensor)",
+)
+
+_QUANT_CLS = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d}
+
+
+def _as_levels(values: Tensor) -> Tensor:
+    lv = torch.unique(values.detach().float().reshape(-1))
+    if lv.numel() == 1:  # a codebook needs two levels; a lone value gets zero (or 1) as a partner
+        other = torch.zeros(1) if float(lv) != 0.0 else torch.ones(1)
+        lv = torch.unique(torch.cat([lv, other]))
+    return lv
+
+
+def codebook_levels(weights: Mapping[str, Tensor], per_network: bool) -> dict[str, Tensor]:
+    """The sorted level set of each layer: the values its weight takes (per layer) or all layers' values."""
+    if per_network:
+        lv = _as_levels(torch.cat([w.reshape(-1) for w in weights.values()]))
+        return {n: lv for n in weights}
+    return {n: _as_levels(w) for n, w in weights.items()}
+
+
+def to_codebook_model(model: nn.Module, weights: Mapping[str, Tensor], *, per_network: bool, tag: str = "") -> nn.Module:
+    """A converted copy of ``model`` whose listed layers hold ``weights`` as codebook QTensors."""
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
+        raise ValueError("model is already quantized; weight sharing starts from a float model")
+    layers = shared_layers(model)
+    missing = set(layers) - set(weights)
+    if missing:
+        raise ValueError(f"weights lack layers {sorted(missing)}")
+    out = copy.deepcopy(model)
+    levels = codebook_levels(weights, per_network)
+    info: dict[str, dict[str, object]] = {}
+    for name in layers:
+        mod = out.get_submodule(name)
+        cls = next(c for t, c in _QUANT_CLS.items() if isinstance(mod, t))
+        # One codebook object per layer even when the levels are the network's: safetensors
+        # refuses tensors that share memory, and QTensor files store each one's levels.
+        cb = LearnedCodebook(levels[name].clone(), name=SHARED_SPEC)
+        q = Quantizer(cb, "fixed")
+        new = cls.from_float(mod, q)
+        w = weights[name].detach().to(mod.weight.dtype).reshape(mod.weight.shape)
+        qt = q.encode(w)
+        if not torch.equal(qt.dequantize().to(w.dtype), w):
+            raise ValueError(f"layer {name!r}: its weights are not all on the codebook levels")
+        new.set_qweight(qt)
+        parent_name, _, child = name.rpartition(".")
+        setattr(out.get_submodule(parent_name) if parent_name else out, child, new)
+        info[name] = {"kind": cls.__name__, "weight": SHARED_SPEC, "act": None, "converted": True}
+    out.lowbit_layers = info  # type: ignore[assignment]
+    out.lowbit_config = tag  # type: ignore[assignment]
+    out.lowbit_fold_bn = False  # type: ignore[assignment]
+    out.lowbit_stage = "converted"  # type: ignore[assignment]
+    out.eval()
+    return out
+
+
+def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in ``lo..hi``, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
+    return value
+
+
+def check_loader(name: str, loader: object) -> None:
+    """A ValueError naming ``name`` unless ``loader`` is an iterable of (inputs, targets) batches with a length."""
+    if loader is None or not hasattr(loader, "__iter__") or not hasattr(loader, "__len__"):
+        raise ValueError(f"{name} must be a DataLoader of (inputs, targets) batches, got {type(loader).__name__}")
+    if len(loader) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"{name} gave no batches")
+
+
+def train_loop(
+    forward: "nn.Module",
+    params: list[nn.Parameter],
+    loader: object,
+    epochs: int,
+    lr: float,
+    *,
+    extra_loss: "object | None" = None,
+    after_step: "object | None" = None,
+    desc: str = "train",
+    progress: bool | None = None,
+) -> float:
+    """Adam + cross-entropy for ``epochs`` over ``loader`` (progress bar); returns the last epoch's mean loss."""
+    import torch.nn.functional as F
+
+    from ..train import _bar
+
+    opt = torch.optim.Adam(params, lr=lr)
+    forward.train()
+    mean = float("nan")
+    for ep in range(epochs):
+        tot, n = 0.0, 0
+        for x, y in _bar(loader, len(loader), f"{desc} {ep + 1}/{epochs}", progress):  # type: ignore[arg-type]
+            loss = F.cross_entropy(forward(x), y)
+            if extra_loss is not None:
+                loss = loss + extra_loss()  # type: ignore[operator]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()  # type: ignore[operator]
+            tot += float(loss.detach()) * len(y)
+            n += len(y)
+        mean = tot / max(1, n)
+    return mean
