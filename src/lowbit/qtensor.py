@@ -134,7 +134,8 @@ class QTensor:
             "bits": self.bits,
         }
         if isinstance(self.fmt, Codebook):
-            tensors[f"{name}/levels"] = self.fmt.levels.contiguous()
+            # a copy: a network-wide codebook is one tensor shared by every layer
+            tensors[f"{name}/levels"] = self.fmt.levels.clone()
             meta["codebook"] = True
         return tensors, meta
 

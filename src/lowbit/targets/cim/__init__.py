@@ -1,0 +1,26 @@
+"""Compute-in-memory (RRAM crossbar) simulator, after DNN+NeuroSim and TorchInference_RRAM.
+
+``simulate(model, CrossbarConfig(cell_bits=1, adc_bits=6))`` returns a copy of a
+quantized model whose Linear/Conv2d layers compute as bit-sliced crossbars with
+bit-serial inputs, ADC read-out and device non-idealities. With an ideal
+configuration (``adc_bits=None`` or enough bits, no variation, no faults, infinite
+on/off ratio) it equals the fake-quantized model.
+"""
+from .array import CrossbarArray, adc, combine_slices, n_slices, slice_codes, tile_layout
+from .config import CrossbarConfig
+from .layers import CrossbarLayer, weight_grid
+from .simulate import crossbar_layers, simulate
+
+__all__ = [
+    "CrossbarArray",
+    "CrossbarConfig",
+    "CrossbarLayer",
+    "adc",
+    "combine_slices",
+    "crossbar_layers",
+    "n_slices",
+    "simulate",
+    "slice_codes",
+    "tile_layout",
+    "weight_grid",
+]

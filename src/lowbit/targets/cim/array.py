@@ -1,0 +1,179 @@
+"""One layer's weights on crossbar sub-arrays: bit slicing, tiling, bit-serial reads, ADC, shift-add.
+
+Units: a cell at level ``r`` conducts ``g_min + r`` (one unit = one level step of
+conductance), an input digit ``d`` drives ``d`` units of read voltage, so an ideal
+column reads the integer ``sum_i d_i r_i``. Everything is batched: all tiles, slices
+and input cycles are one ``bmm``; the ADC and the shift-add are elementwise passes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .config import CrossbarConfig
+
+__all__ = ["slice_codes", "combine_slices", "adc", "tile_layout", "n_slices", "CrossbarArray"]
+
+
+def n_slices(bits: int, cell_bits: int) -> int:
+    """Cells needed for a ``bits``-bit code at ``cell_bits`` bits per cell."""
+    return max(1, math.ceil(bits / cell_bits))
+
+
+def slice_codes(codes: Tensor, cell_bits: int, slices: int) -> Tensor:
+    """Split non-negative integer codes into ``slices`` cell values, LSB first: shape ``[slices, *codes.shape]``."""
+    c = codes.long()
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= 2 ** (cell_bits * slices)):
+        raise ValueError(f"codes must lie in 0..{2 ** (cell_bits * slices) - 1} to fit {slices} cells of {cell_bits} bits")
+    shifts = (torch.arange(slices, device=c.device) * cell_bits).view(-1, *[1] * c.dim())
+    return (c.unsqueeze(0) >> shifts) & (2**cell_bits - 1)
+
+
+def combine_slices(slices: Tensor, cell_bits: int) -> Tensor:
+    """Shift-add cell values (LSB first along dim 0) back into integers."""
+    w = (2 ** (cell_bits * torch.arange(slices.shape[0], device=slices.device))).to(slices.dtype)
+    return (slices * w.view(-1, *[1] * (slices.dim() - 1))).sum(0)
+
+
+def adc(x: Tensor, bits: int, lo: Tensor | float, hi: Tensor | float, unit: float = 1.0) -> Tensor:
+    """Uniform ADC: ``2^bits`` levels from ``lo`` over ``[lo, hi]``, step never finer than ``unit``.
+
+    A step of ``unit`` (one cell-level current) reads integer partial sums exactly, so
+    an ADC with enough bits is lossless; values outside the range saturate.
+    """
+    top = 2**bits - 1
+    lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
+    hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
+    step = torch.clamp((hi_t - lo_t) / top, min=unit)
+    code = torch.clamp(torch.round((x - lo_t) / step), 0, top)
+    return lo_t + code * step
+
+
+def tile_layout(n_rows: int, rows: int, taps: int = 1, mapping: str = "unrolled") -> Tensor:
+    """Row index of each (tile, row) slot, -1 where a remainder tile is padded: shape ``[tiles, rows]``.
+
+    Input rows are ordered as ``F.unfold`` orders them (channel major, then kernel tap).
+    ``unrolled`` cuts that order into tiles; ``tap`` gives each tap its own tiles of channels.
+    """
+    if n_rows % taps:
+        raise ValueError(f"n_rows ({n_rows}) must be a multiple of taps ({taps})")
+    idx = torch.arange(n_rows)
+    groups = idx.view(n_rows // taps, taps).t() if mapping == "tap" else idx.view(1, n_rows)
+    pad = (-groups.shape[1]) % rows
+    groups = torch.cat([groups, torch.full((groups.shape[0], pad), -1, dtype=torch.long)], dim=1)
+    return groups.reshape(-1, rows)
+
+
+class CrossbarArray(nn.Module):
+    """Integer weights ``codes - offset`` (``[K, C]``) programmed into tiled, bit-sliced crossbars.
+
+    ``forward(x)`` takes unsigned integer inputs ``[M, K]`` and returns the read-out of
+    ``x @ (codes - offset)`` in integer units: exact when the configuration is ideal.
+    """
+
+    g_pos: Tensor
+    g_ref: Tensor
+    layout: Tensor
+
+    def __init__(self, codes: Tensor, bits: int, offset: int, cfg: CrossbarConfig, *, taps: int = 1,
+                 generator: torch.Generator | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be a [rows, columns] matrix, got shape {tuple(codes.shape)}")
+        if not 0 <= offset < 2**bits:
+            raise ValueError(f"offset must lie in 0..{2**bits - 1}, got {offset}")
+        self.cfg = cfg
+        k, c = codes.shape
+        self.n_rows, self.n_cols = k, c
+        self.register_buffer("layout", tile_layout(k, cfg.rows, taps, cfg.mapping))
+        cb = cfg.cell_bits
+        codes = codes.long()
+        if cfg.signed == "dummy":
+            self.slices = n_slices(bits, cb)
+            pos = slice_codes(codes, cb, self.slices)  # [S, K, C]
+            ref = slice_codes(torch.full((k, 1), offset), cb, self.slices)  # one reference column per slice
+        else:
+            s = codes - offset
+            self.slices = n_slices(max(offset, 2**bits - 1 - offset).bit_length(), cb)
+            pos = slice_codes(s.clamp(min=0), cb, self.slices)
+            ref = slice_codes((-s).clamp(min=0), cb, self.slices)
+        self.register_buffer("g_pos", self._program(self._tile(pos), generator))  # [T, R, S*C]
+        self.register_buffer("g_ref", self._program(self._tile(ref), generator))  # [T, R, S*C'] (C' = 1 or C)
+
+    def _tile(self, cells: Tensor) -> Tensor:
+        # [S, K, C] -> [T, R, S*C]; padded rows hold level 0 (their inputs are always 0).
+        s, _, c = cells.shape
+        padded = torch.cat([cells, torch.zeros(s, 1, c, dtype=cells.dtype)], dim=1)
+        tiles = padded[:, self.layout]  # [S, T, R, C]
+        return tiles.permute(1, 2, 0, 3).reshape(self.layout.shape[0], self.layout.shape[1], s * c)
+
+    def _program(self, levels: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Conductances (in level units) of cells programmed to ``levels``, with faults and variation."""
+        cfg = self.cfg
+        lv = levels.to(torch.float32)
+        if cfg.stuck_at_zero or cfg.stuck_at_one:
+            u = torch.rand(lv.shape, generator=generator)
+            lv = torch.where(u < cfg.stuck_at_zero, 0.0, lv)
+            lv = torch.where((u >= cfg.stuck_at_zero) & (u < cfg.stuck_at_zero + cfg.stuck_at_one), float(cfg.cell_levels), lv)
+        g = lv + cfg.g_min
+        if cfg.variation:
+            g = (g * (1 + cfg.variation * torch.randn(g.shape, generator=generator))).clamp_min(0.0)
+        return g
+
+    @property
+    def tiles(self) -> int:
+        """Number of sub-arrays (tiles of ``rows`` rows)."""
+        return int(self.layout.shape[0])
+
+    def _read(self, psum: Tensor) -> Tensor:
+        """ADC read-out, in place, of column sums ``[T, Z, M, S, C]`` (range per tile, cycle and slice)."""
+        cfg = self.cfg
+        if cfg.adc_bits is None:
+            return psum
+        if cfg.adc_range == "dynamic":
+            lo = psum.amin(dim=(2, 4), keepdim=True)
+            hi = psum.amax(dim=(2, 4), keepdim=True)
+        else:
+            lo = torch.zeros((), dtype=psum.dtype)
+            hi = torch.tensor(cfg.rows * (2**cfg.input_bits_per_cycle - 1) * (cfg.cell_levels + cfg.g_min), dtype=psum.dtype)
+        # adc(), without temporaries: these tensors are the largest of the simulation.
+        top = 2**cfg.adc_bits - 1
+        step = torch.clamp((hi - lo) / top, min=1.0)
+        return psum.sub_(lo).div_(step).round_().clamp_(0, top).mul_(step).add_(lo)
+
+    def _digits(self, x: Tensor, x_bits: int) -> Tensor:
+        """Input digits per read cycle, laid out for the tiles: ``[T, Z*M, R]`` (LSB cycle first)."""
+        t, r = self.layout.shape
+        m, k = x.shape
+        b = self.cfg.input_bits_per_cycle
+        z = n_slices(x_bits, b)
+        if x.numel() and (float(x.min()) < 0 or float(x.max()) >= 2**x_bits):
+            raise ValueError(f"inputs must be integers in 0..{2**x_bits - 1}")
+        codes = x.to(torch.uint8 if x_bits <= 8 else torch.int32)
+        codes = torch.cat([codes, codes.new_zeros(m, 1)], dim=1)  # column k: the zero input of padded rows
+        if self.cfg.mapping == "unrolled":
+            codes = torch.nn.functional.pad(codes[:, :k], (0, t * r - k))
+        else:
+            codes = codes.index_select(1, torch.where(self.layout < 0, k, self.layout).flatten())
+        codes = codes.view(m, t, r).permute(1, 0, 2).contiguous().unsqueeze(1)  # [T, 1, M, R]
+        shifts = (torch.arange(z, device=x.device) * b).to(codes.dtype).view(1, z, 1, 1)
+        digits = (codes >> shifts) & (2**b - 1)  # [T, Z, M, R]
+        return digits.to(self.g_pos.dtype).reshape(t, z * m, r)
+
+    def forward(self, x: Tensor, x_bits: int) -> Tensor:
+        """Bit-serial crossbar product of unsigned integer inputs ``[M, K]`` (``x_bits`` bits) with the weights."""
+        cfg = self.cfg
+        m = x.shape[0]
+        t = self.layout.shape[0]
+        z, s = n_slices(x_bits, cfg.input_bits_per_cycle), self.slices
+        xt = self._digits(x, x_bits)
+        # The ADC reads every column, the reference columns too; the tiles are added after it.
+        pos = self._read(torch.bmm(xt, self.g_pos).view(t, z, m, s, -1)).sum(0)
+        ref = self._read(torch.bmm(xt, self.g_ref).view(t, z, m, s, -1)).sum(0)
+        diff = (pos - ref).double()  # [Z, M, S, C]
+        # Shift-add in float64: the integer sums of wide layers pass float32's 2^24.
+        shift = 2.0 ** (cfg.cell_bits * torch.arange(s, device=x.device, dtype=torch.float64))
+        cycle = 2.0 ** (cfg.input_bits_per_cycle * torch.arange(z, device=x.device, dtype=torch.float64))
+        return torch.einsum("zmsc,zs->mc", diff, cycle[:, None] * shift[None, :])
