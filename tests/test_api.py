@@ -224,3 +224,20 @@ def test_convert_needs_a_quantized_model(float_model):
     q = lowbit.prepare_qat(float_model, "w4,a:*=uint8")
     with pytest.raises(ValueError, match="seen no data"):
         lowbit.convert(q)
+
+
+def test_qat_from_scratch_keeps_batchnorm_and_save_load_round_trips(tmp_path, digits):
+    from lowbit.models import build_model
+
+    model = build_model("vgg", digits.input_shape, digits.num_classes, seed=0, widths=(4, 8))
+    with pytest.warns(UserWarning, match="never seen data"):
+        qat = lowbit.prepare_qat(model, "w4")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in qat.modules())
+    qat.train()
+    qat(digits.train.tensors[0][:64])  # BN statistics move: a trained BN, not folded
+    qat.eval()
+    lowbit.save(qat, tmp_path / "scratch.lowbit")
+    back = lowbit.load(tmp_path / "scratch.lowbit").eval()
+    x = digits.test.tensors[0][:32]
+    with torch.no_grad():
+        assert torch.equal(back(x), qat(x))

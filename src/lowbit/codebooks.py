@@ -711,3 +711,15 @@ register_format(
     examples=("state_uniform2", "state_uniform4", "state_thr2", "state_thr4", "state_zero4",
               "state_thr3_t0.5_l0.1_u0.5_m0.3"),
 )  # fmt: skip
+
+
+#: weight spec of layers whose levels were learned (weight sharing); the real
+#: levels travel with each QTensor, so this placeholder only has to parse when a
+#: saved model is rebuilt (``lowbit.load``) -- in any process, with no extra import.
+SHARED_SPEC = "shared"
+register_format(
+    SHARED_SPEC,
+    lambda m: LearnedCodebook([-1.0, 1.0], name=SHARED_SPEC),
+    defaults=("fixed",),
+    help="shared (learned weight-sharing codebook; levels stored with each tensor)",
+)

@@ -15,25 +15,12 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..codebooks import LearnedCodebook
-from ..formats import register_format
+from ..codebooks import SHARED_SPEC, LearnedCodebook
 from ..nn.layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from ..quantizer import Quantizer
 from .stats import shared_layers
 
 __all__ = ["SHARED_SPEC", "to_codebook_model", "codebook_levels"]
-
-#: weight spec recorded for shared layers; its real levels come from each QTensor
-SHARED_SPEC = "shared"
-
-# ``lowbit.load`` rebuilds a converted layer from its weight spec before installing
-# the stored QTensor, so the spec must parse; the placeholder levels are never used.
-register_format(
-    SHARED_SPEC,
-    lambda m: LearnedCodebook([-1.0, 1.0], name=SHARED_SPEC),
-    defaults=("fixed",),
-    help="shared (learned weight-sharing codebook; levels stored with each tensor)",
-)
 
 _QUANT_CLS = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d}
 

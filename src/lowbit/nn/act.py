@@ -127,7 +127,7 @@ class PACT(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, alpha={float(self.alpha):.4g}"
+        return f"bits={self.bits}, alpha={float(self.alpha.detach()):.4g}"
 
     @property
     def spec(self) -> str:

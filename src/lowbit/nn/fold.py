@@ -37,20 +37,43 @@ def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
         layer.bias.copy_(new_b)
 
 
-def fold_bn(model: nn.Module) -> list[str]:
-    """Fold every BatchNorm that directly follows a conv/linear in a Sequential; return the folded BN names."""
+def fold_bn(model: nn.Module, *, untrained: str = "keep", only: "list[str] | None" = None) -> list[str]:
+    """Fold every BatchNorm that directly follows a conv/linear in a Sequential; return the folded BN names.
+
+    ``untrained="keep"`` leaves a BN that never saw data in place (with a warning);
+    ``"fold"`` folds it anyway (rebuilding the structure of a saved folded model).
+    ``only``: fold just these BN names (what a saved model records it folded).
+    """
+    if untrained not in ("keep", "fold"):
+        raise ValueError(f"untrained must be 'keep' or 'fold', got {untrained!r}")
     folded: list[str] = []
+    kept: list[str] = []
     for cname, container in model.named_modules():
         if not isinstance(container, nn.Sequential):
             continue
         keys = list(container._modules.keys())
         for k0, k1 in zip(keys, keys[1:]):
             a, b = container._modules[k0], container._modules[k1]
+            bn_name = f"{cname}.{k1}" if cname else k1
+            if only is not None and bn_name not in only:
+                continue
             if isinstance(a, _FOLDABLE) and isinstance(b, _BN) and a.weight.shape[0] == b.num_features:
+                seen = getattr(b, "num_batches_tracked", None)
+                if untrained == "keep" and seen is not None and int(seen) == 0:
+                    # A BN that never saw data (QAT from scratch) would fold its identity
+                    # statistics and vanish; keep it to learn during training.
+                    kept.append(bn_name)
+                    continue
                 _fold_pair(a, b)
                 container._modules[k1] = nn.Identity()
-                folded.append(f"{cname}.{k1}" if cname else k1)
-    left = [n for n, m in model.named_modules() if isinstance(m, _BN)]
+                folded.append(bn_name)
+    if kept:
+        warnings.warn(
+            f"BatchNorm modules {kept} have never seen data (an untrained model?) and were not folded; "
+            "they stay float and train with the model. Fold after float training for deployable integers.",
+            stacklevel=2,
+        )
+    left = [n for n, m in model.named_modules() if isinstance(m, _BN) and n not in kept and only is None]
     if left:
         warnings.warn(
             f"BatchNorm modules {left} do not directly follow a conv/linear inside an nn.Sequential and were "
