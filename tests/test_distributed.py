@@ -165,3 +165,21 @@ def test_bad_arguments_are_clear_errors(small_digits, tmp_path):
         train_distributed(m, small_digits, backend="mpi")
     with pytest.raises(FileNotFoundError, match="checkpoint folder"):
         train_distributed(m, small_digits, nproc=1, checkpoint=tmp_path / "nope" / "x.lowbit")
+
+
+def test_train_command_runs_data_parallel(tmp_path, capsys, digits):
+    """`lowbit train --nproc 2` trains with DDP and rank 0 writes one checkpoint that loads back."""
+    import re
+
+    import lowbit
+    from lowbit.cli import main
+    from lowbit.data.images import loader
+    from lowbit.train import evaluate
+
+    out = tmp_path / "ddp.lowbit"
+    assert main(["train", "--model", "mlp", "--qat", "w4", "--epochs", "1", "--lr", "3e-3", "--nproc", "2", "--out", str(out)]) == 0
+    printed = float(re.search(r"test accuracy ([\d.]+) %", capsys.readouterr().out).group(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.lowbit"]
+    model = lowbit.load(out).eval()
+    assert evaluate(model, loader(digits.test, 256)) == pytest.approx(printed, abs=0.01)
+    assert printed > 50  # one epoch of QAT from scratch learns something

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from ..api import prepare_qat, save
 from ..data import get_dataset, loader
@@ -23,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--pact-lambda", type=float, default=1e-4, help="L2 weight on PACT clips (default: 1e-4)")
     p.add_argument("--out", default="runs/model.lowbit", help="checkpoint path (default: runs/model.lowbit)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (DDP: gloo on CPU, NCCL on GPUs); --batch-size is then the "
+                        "global batch (default: 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,13 +44,25 @@ def run(args: argparse.Namespace) -> int:
     if args.qat:
         model = prepare_qat(model, args.qat)
     lr = args.lr if args.lr is not None else (3e-4 if args.qat else 3e-3)
-    train = loader(ds.train, args.batch_size, shuffle=True, seed=args.seed)
-    test = loader(ds.test, 256)
-    from pathlib import Path
-
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    hist = fit(model, train, epochs=args.epochs, lr=lr, test=test, pact_lambda=args.pact_lambda if args.qat else 0.0,
-               checkpoint=args.out, desc="qat" if args.qat else "train")
+    desc = "qat" if args.qat else "train"
+    pact_lambda = args.pact_lambda if args.qat else 0.0
+    test = loader(ds.test, 256)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 or "WORLD_SIZE" in os.environ:
+        from ..distributed import train_distributed
+
+        res = train_distributed(model, ds.train, nproc=args.nproc, epochs=args.epochs, lr=lr, batch_size=args.batch_size,
+                                pact_lambda=pact_lambda, seed=args.seed, test=ds.test, checkpoint=args.out,
+                                threads=args.threads or 1, desc=desc)
+        if res.rank != 0:
+            return 0  # only rank 0 reports and writes
+        model, hist = res.model, res.history
+    else:
+        train = loader(ds.train, args.batch_size, shuffle=True, seed=args.seed)
+        hist = fit(model, train, epochs=args.epochs, lr=lr, test=test, pact_lambda=pact_lambda, checkpoint=args.out,
+                   desc=desc)
     acc = evaluate(model, test)
     save(model, args.out, metadata={"lowbit.data": args.data, "lowbit.accuracy": f"{acc:.4f}", "lowbit.seed": str(args.seed)})
     print(f"{'QAT ' + args.qat if args.qat else 'float'} {args.model} on {ds.name}: test accuracy {acc:.2f} % "
