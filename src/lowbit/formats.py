@@ -99,6 +99,14 @@ class Format:
         """Round normalised values onto the level set: ``decode(encode(x))``."""
         return self.decode(self.encode(x, rounding, generator)).to(x.dtype)
 
+    def quantize_(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        """Like :meth:`quantize`, but may overwrite ``x`` (a temporary of the caller's) to save a pass."""
+        return self.quantize(x, rounding, generator)
+
+    def encode_(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        """Like :meth:`encode`, but may overwrite ``x`` (a temporary of the caller's)."""
+        return self.encode(x, rounding, generator)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
 
@@ -159,8 +167,19 @@ class Uniform(Format):
         r = torch.round(x) if rounding == "nearest" else _round_stochastic(x, generator)
         return r.clamp_(self.qmin, self.qmax)  # r is ours: clamp in place, one allocation fewer
 
+    def quantize_(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        if rounding != "nearest":
+            return self.quantize(x, rounding, generator)
+        return x.round_().clamp_(self.qmin, self.qmax)
+
     def encode(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
-        q = self.quantize(x, rounding, generator)
+        return self._codes(self.quantize(x, rounding, generator))
+
+    def encode_(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        return self._codes(self.quantize_(x, rounding, generator))
+
+    def _codes(self, q: Tensor) -> Tensor:
+        # q holds integers qmin..qmax and is ours: shift in place, then narrow.
         if self.qmin:
             q = q.sub_(self.qmin)
         return q.to(_code_dtype(self._bits))

@@ -313,7 +313,7 @@ class Quantizer(nn.Module):
             mask = None
             if needs_grad and self.gradient == "clipped":
                 mask = (xn >= self.fmt.lo) & (xn <= self.fmt.hi)
-            q = self.fmt.quantize(xn, self.rounding, self.generator)
+            q = self.fmt.quantize_(xn, self.rounding, self.generator)  # xn is ours to overwrite
             if zp is not None:
                 q.sub_(z)
             q.mul_(s)
@@ -332,7 +332,7 @@ class Quantizer(nn.Module):
         xn = rows.float() / scale[:, None]
         if zp is not None:
             xn = xn.add_(zp[:, None].float())
-        codes = self.fmt.encode(xn, self.rounding, self.generator)
+        codes = self.fmt.encode_(xn, self.rounding, self.generator)  # xn is ours to overwrite
         return QTensor.from_codes(codes, scale, zp, self.fmt, self.granularity, x.shape, trusted=True)
 
 
