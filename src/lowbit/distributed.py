@@ -33,12 +33,10 @@
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import os
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -590,50 +588,3 @@ def train_distributed(
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
             raise RuntimeError(f"a training process failed:\n{e}") from None
         return torch.load(result, weights_only=False)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lowbit.distributed``: ``lowbit train`` options plus ``--nproc`` and ``--backend``."""
-    from .api import prepare_qat, save
-    from .data import get_dataset
-    from .experiments import train_cmd
-    from .models import build_model
-
-    p = argparse.ArgumentParser(prog="python -m lowbit.distributed", description="distributed " + train_cmd.HELP)
-    train_cmd.add_arguments(p)
-    p.add_argument("--nproc", type=int, default=2, help="processes (default: 2)")
-    p.add_argument("--backend", default=None, choices=("gloo", "nccl"), help="default: nccl with GPUs, else gloo")
-    args = p.parse_args(argv)
-    try:
-        ds = get_dataset(args.data)
-        seed_everything(args.seed)
-        if args.init:
-            from .api import load
-
-            model = load(args.init)
-        else:
-            model = build_model(args.model, ds.input_shape, ds.num_classes)
-        if args.qat:
-            model = prepare_qat(model, args.qat)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        res = train_distributed(
-            model, ds.train, nproc=args.nproc, epochs=args.epochs, lr=args.lr or (3e-4 if args.qat else 3e-3),
-            batch_size=args.batch_size, pact_lambda=args.pact_lambda if args.qat else 0.0, seed=args.seed,
-            test=ds.test, checkpoint=args.out, metadata={"lowbit.data": args.data, "lowbit.seed": str(args.seed)},
-            backend=args.backend, threads=args.threads, desc="qat" if args.qat else "train",
-        )
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"lowbit.distributed: error: {e}", file=sys.stderr)
-        return 2
-    if res.rank == 0:
-        acc = res.history.accuracy[-1] if res.history.accuracy else float("nan")
-        print(f"{'QAT ' + args.qat if args.qat else 'float'} {args.model} on {ds.name}, {res.world_size} processes: "
-              f"test accuracy {acc:.2f} % ({res.history.time_per_step * 1e3:.1f} ms/step) -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
