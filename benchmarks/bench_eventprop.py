@@ -1,0 +1,147 @@
+"""EventProp vs BPTT: accuracy (float, 8-bit and 4-bit fixed-point weights), epoch time and backward memory.
+
+    python benchmarks/bench_eventprop.py                  # latency digits + Randman, 100 steps
+    python benchmarks/bench_eventprop.py --quick          # small sizes, a minute or two
+    python benchmarks/bench_eventprop.py --threads 2 --seed 0 --epochs 8
+
+Both trainers start from the same weights and see the same batches:
+
+- EventProp: :class:`lowbit.snn.eventprop.EventPropSNN` trained by its adjoint pass
+  (exact gradient of the discretised network, memory per spike);
+- BPTT: :class:`lowbit.snn.SNN` with the same neurons (tau_mem, tau_syn, reset to zero,
+  mean readout) trained by :func:`lowbit.snn.train` (surrogate gradient through time).
+
+QAT weights are fixed point fitted to the 99th percentile per population (``fxp<b>:p99``),
+refitted every batch. "backward MB" is the memory autograd keeps for the backward pass of one
+batch (tensors saved by the graph, counted with ``saved_tensors_hooks``): the part of peak memory
+that grows with time steps. Epoch time is wall time on this machine (min over epochs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from lowbit.data.spiking import randman_raster, spiking_digits, split  # noqa: E402
+from lowbit.snn import SNN, evaluate, train  # noqa: E402
+from lowbit.snn.eventprop import EventPropSNN  # noqa: E402
+from lowbit.snn.eventprop_train import train_eventprop  # noqa: E402
+
+
+def saved_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Megabytes autograd keeps for the backward pass of ``model(x)`` (parameters excluded)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(v for k, v in seen.items() if k not in params) / 2**20
+
+
+def run_task(name: str, data: tuple, n_in: int, n_out: int, args: argparse.Namespace, log) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Train EventProp and BPTT at every weight precision on one task; one row per run."""
+    xtr, ytr, xte, yte = data
+    rows = []
+    for prec in args.weights:
+        spec = None if prec == "float" else f"fxp{prec}:p99"
+        for method in ("eventprop", "bptt"):
+            ep = EventPropSNN(n_in, args.hidden, n_out, init_scale=args.init_scale, init_mean=args.init_mean,
+                              out_init_scale=args.out_init_scale, seed=args.seed)
+            if method == "eventprop":
+                model = ep
+            else:
+                model = SNN(n_in, args.hidden, n_out, recurrent=False, tau_mem=20.0, tau_syn=5.0, reset="zero",
+                            readout="mean", seed=args.seed)
+                with torch.no_grad():
+                    model.fc[0].copy_(ep.fc[0])
+                    model.w_out.copy_(ep.w_out)
+            if spec is not None:
+                model.quantize_weights(spec, scope="population")
+            mem = saved_mb(model, xtr[: args.batch_size])
+            times = []
+            for ep_i in range(args.epochs):
+                t0 = time.perf_counter()
+                if method == "eventprop":
+                    train_eventprop(model, xtr, ytr, epochs=1, batch_size=args.batch_size, lr=args.lr, seed=args.seed + ep_i)
+                else:
+                    train(model, xtr, ytr, epochs=1, batch_size=args.batch_size, lr=args.lr, seed=args.seed + ep_i)
+                times.append(time.perf_counter() - t0)
+            acc = evaluate(model, xte, yte)
+            row = {"task": name, "method": method, "weights": prec, "acc": acc, "epoch_s": min(times), "backward_mb": mem}
+            log(json.dumps(row))
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table: one line per task and weight precision, EventProp beside BPTT."""
+    out = ["| task | weights | EventProp acc | BPTT acc | EventProp epoch (s) | BPTT epoch (s) | EventProp backward MB | BPTT backward MB |",
+           "|---|---|---|---|---|---|---|---|"]
+    keyed = {(r["task"], r["weights"], r["method"]): r for r in rows}
+    for task, prec in dict.fromkeys((r["task"], r["weights"]) for r in rows):
+        e, b = keyed[(task, prec, "eventprop")], keyed[(task, prec, "bptt")]
+        w = "float" if prec == "float" else f"fxp{prec} (p99, per population)"
+        out.append(f"| {task} | {w} | {100 * e['acc']:.1f} | {100 * b['acc']:.1f} | {e['epoch_s']:.2f} | {b['epoch_s']:.2f} "
+                   f"| {e['backward_mb']:.2f} | {b['backward_mb']:.2f} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    """Run both tasks and print the markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=100, help="time steps of both tasks (default 100)")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--init-scale", type=float, default=1.0)
+    ap.add_argument("--init-mean", type=float, default=0.05)
+    ap.add_argument("--out-init-scale", type=float, default=0.2, help="readout weight std x sqrt(fan-in) (default 0.2)")
+    ap.add_argument("--weights", nargs="+", default=["float", "8", "4"], help="float and/or bit widths")
+    ap.add_argument("--tasks", nargs="+", default=["digits", "randman"], choices=["digits", "randman"])
+    ap.add_argument("--randman-samples", type=int, default=100, help="Randman samples per class (default 100)")
+    ap.add_argument("--quick", action="store_true", help="small sizes: 40 steps, 3 epochs, 600 digits")
+    ap.add_argument("--out", default="benchmarks/results/eventprop.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.epochs = 40, 3
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    if "digits" in args.tasks:
+        x, y = spiking_digits(args.steps)  # latency code: brighter pixels spike earlier
+        data = split(x, y, 0.2, seed=args.seed)
+        if args.quick:
+            data = (data[0][:600], data[1][:600], data[2], data[3])
+        rows += run_task(f"latency digits ({args.steps} steps)", data, 64, 10, args, print)
+    if "randman" in args.tasks:
+        x, y = randman_raster(nb_classes=10, nb_units=50, nb_steps=args.steps, nb_samples=args.randman_samples,
+                              dim_manifold=1, seed=args.seed)
+        rows += run_task(f"Randman 10 classes ({args.steps} steps)", split(x, y, 0.2, seed=args.seed), 50, 10, args, print)
+    print()
+    print(table(rows))
+    print(f"\nwall time {time.perf_counter() - t0:.0f} s, {args.threads} threads, seed {args.seed}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=1))
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""EventProp: exact gradients of the discretised network (finite differences, autograd BPTT), QAT, memory, training."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lowbit.data.spiking import randman_raster, split
+from lowbit.quantizer import quantizer
+from lowbit.snn import evaluate
+from lowbit.snn.eventprop import EP_READOUTS, EventPropFunction, EventPropSNN, eventprop_loss, reference_forward
+from lowbit.snn.eventprop_train import train_eventprop
+
+D64 = torch.float64
+
+
+def _net(recurrent=False, hidden=5, readout="mean", reset="subtract", **kw):
+    kw = {"init_scale": 2.0, "init_mean": 0.4, "seed": 1, "dtype": D64, **kw}
+    return EventPropSNN(4, hidden, 3, recurrent=recurrent, readout=readout, reset=reset, **kw)
+
+
+def _data(b=3, t=20, n=4, p=0.25, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, t, n, generator=g) < p).to(D64), torch.arange(b) % 3
+
+
+def _grads(fn, x, y, ws, loss="ce"):
+    ws = [w.detach().clone().requires_grad_(True) for w in ws]
+    lv = eventprop_loss(fn(x, ws), y, loss)
+    return lv.detach(), torch.autograd.grad(lv, ws)
+
+
+def _ep(m):
+    return lambda x, ws: EventPropFunction.apply(x, m.cfg, *ws)
+
+
+def _ref(m):
+    return lambda x, ws: reference_forward(x, m.cfg, ws)
+
+
+@pytest.mark.parametrize("recurrent,hidden,readout,reset", [
+    (False, 5, "mean", "subtract"),
+    (False, [5, 4], "max", "zero"),
+    (True, 5, "exp", "subtract"),
+    (True, [4, 4], "sum", "zero"),
+])
+def test_gradient_equals_finite_differences(recurrent, hidden, readout, reset):
+    m = _net(recurrent, hidden, readout, reset)
+    x, y = _data()
+    ws = [w.detach() for w in m.connections().values()]
+    _, grads = _grads(_ep(m), x, y, ws)
+    rasters = [r.clone() for r in m.record_spikes(x)]
+    assert all(r.any() for r in rasters)  # every layer spikes, so hidden gradients are not trivially zero
+    eps, checked, nonzero_hidden = 1e-6, 0, 0
+    for i, (w, g) in enumerate(zip(ws, grads)):
+        for j in range(w.numel()):
+            vals = []
+            for sgn in (1.0, -1.0):
+                wp = [v.clone() for v in ws]
+                wp[i].view(-1)[j] += sgn * eps
+                with torch.no_grad():
+                    m2 = _net(recurrent, hidden, readout, reset)
+                    for p, v in zip(m2.connections().values(), wp):
+                        p.copy_(v)
+                    same = all(torch.equal(a, b) for a, b in zip(m2.record_spikes(x), rasters))
+                    vals.append((eventprop_loss(_ep(m)(x, wp), y), same))
+            if not (vals[0][1] and vals[1][1]):
+                continue  # the perturbation changed the spike pattern: the loss jumps there
+            fd = float(vals[0][0] - vals[1][0]) / (2 * eps)
+            ge = float(g.view(-1)[j])
+            assert abs(ge - fd) <= 1e-4 * max(abs(fd), 1e-3), (i, j, ge, fd)
+            checked += 1
+            nonzero_hidden += i < len(ws) - 1 and abs(ge) > 1e-6
+    assert checked >= 0.8 * sum(w.numel() for w in ws)
+    assert nonzero_hidden >= 5  # hidden-layer gradients (through the spike timing) are checked, not only the readout
+
+
+@pytest.mark.parametrize("readout", EP_READOUTS)
+@pytest.mark.parametrize("recurrent", [False, True])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_matches_autograd_bptt_of_same_discretisation(readout, recurrent, loss):
+    m = _net(recurrent, [6, 5], readout, out_tau_syn=3.0)
+    x, y = _data(b=4, t=30, seed=2)
+    ws = [w.detach() for w in m.connections().values()]
+    l_ep, g_ep = _grads(_ep(m), x, y, ws, loss)
+    l_bp, g_bp = _grads(_ref(m), x, y, ws, loss)
+    assert torch.allclose(l_ep, l_bp, rtol=1e-12, atol=0)
+    for a, b in zip(g_ep, g_bp):
+        assert b.abs().max() > 0
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * float(b.abs().max()))
+
+
+def test_method_bptt_and_float32_agree_with_eventprop():
+    x, y = _data(b=5, t=25, seed=3)
+    a = EventPropSNN(4, 8, 3, recurrent=True, init_scale=2.0, init_mean=0.4, seed=4)
+    b = EventPropSNN(4, 8, 3, recurrent=True, init_scale=2.0, init_mean=0.4, seed=4, method="bptt")
+    la, lb = F.cross_entropy(a(x.float()), y), F.cross_entropy(b(x.float()), y)
+    la.backward()
+    lb.backward()
+    assert torch.allclose(la, lb, rtol=1e-6)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6 * float(q.grad.abs().max()))
+
+
+def test_silent_layer_gives_zero_gradient_not_nan():
+    m = _net(False, [5, 4])
+    x, y = _data()
+    with torch.no_grad():
+        m.fc[1].fill_(-1.0)  # the second hidden layer never spikes
+    assert not m.record_spikes(x)[1].any()
+    out = m(x)
+    F.cross_entropy(out, y).backward()
+    for p in m.parameters():
+        assert torch.isfinite(p.grad).all()
+    assert torch.equal(m.w_out.grad, torch.zeros_like(m.w_out))
+    assert torch.equal(m.fc[0].grad, torch.zeros_like(m.fc[0]))
+    assert torch.equal(m.fc[1].grad, torch.zeros_like(m.fc[1]))
+    assert torch.equal(out, torch.zeros_like(out))
+    m2 = _net(True, 5)
+    m2(torch.zeros(2, 10, 4, dtype=D64)).sum().backward()  # no input spikes at all
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in m2.parameters())
+
+
+def _saved_bytes(model, x):
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    params = {p.data_ptr() for p in model.parameters()}
+    return sum(v for ptr, v in seen.items() if ptr not in params)
+
+
+def test_memory_grows_with_spikes_not_with_time_steps():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(8, 30, 20, generator=g) < 0.03).float()
+    xl = torch.cat([x, torch.zeros(8, 270, 20)], 1)  # 10x the steps, the same input spikes
+    ep = EventPropSNN(20, 64, 5, init_scale=1.0, init_mean=0.05, seed=0)
+    bp = EventPropSNN(20, 64, 5, init_scale=1.0, init_mean=0.05, seed=0, method="bptt")
+    n_spk = int(ep.record_spikes(x)[0].sum())
+    n_spk_l = int(ep.record_spikes(xl)[0].sum())
+    n_in = int(x.count_nonzero())
+    # exactly: per hidden spike two int64 indices + (phi, V_prev, U); per input spike two indices + value; argmax
+    expect = lambda n_h: n_h * (16 + 12) + n_in * (16 + 4) + 8 * 5 * 8  # noqa: E731
+    assert _saved_bytes(ep, x) == expect(n_spk)
+    assert _saved_bytes(ep, xl) == expect(n_spk_l)
+    assert n_spk_l < 1.3 * n_spk  # activity dies out after the input ends (measured 2559 -> 2961 spikes)
+    assert _saved_bytes(bp, xl) >= 10 * _saved_bytes(bp, x)  # autograd BPTT keeps every step
+    assert _saved_bytes(bp, xl) > 30 * _saved_bytes(ep, xl)  # measured 2.8 MB vs 86 kB
+
+
+def test_qat_forward_uses_quantized_weights_and_steps_shadow_weights():
+    m = _net(True, 6).quantize_weights("fxp4:p99", scope="connection")
+    x, y = _data(b=4, t=25, seed=5)
+    shadow = {k: v.detach().clone() for k, v in m.connections().items()}
+    q = {}
+    for k, w in shadow.items():
+        qz = quantizer("fxp4:p99")
+        qz.fit([w])
+        q[k] = qz(w).detach()
+    assert all(len(torch.unique(v)) <= 16 for v in q.values())
+    assert any(not torch.equal(q[k], shadow[k]) for k in q)
+    lv = F.cross_entropy(m(x), y)
+    lv.backward()
+    l_ref, g_ref = _grads(_ref(m), x, y, list(q.values()))
+    assert torch.allclose(lv.detach(), l_ref, rtol=1e-12)
+    for p, g in zip(m.connections().values(), g_ref):  # straight through to the float shadow weights
+        assert torch.allclose(p.grad, g, rtol=1e-9, atol=1e-12)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    opt.step()
+    new = {k: v.detach() for k, v in m.connections().items()}
+    assert any(not torch.equal(new[k], shadow[k]) for k in new)  # shadow weights moved
+    eff = m.effective_weights()  # the next batch sees Q(new shadow): no one-batch lag
+    for k, w in new.items():
+        qz = quantizer("fxp4:p99")
+        qz.fit([w])
+        assert torch.equal(eff[k].detach(), qz(w).detach())
+
+
+def test_population_scope_shares_one_scale():
+    m = _net(True, 6).quantize_weights("fxp8:p99", scope="population")
+    m.effective_weights()
+    assert set(m.weight_quant.groups) == {"hidden0", "out"}
+    assert m.weight_quant.groups["hidden0"] == ["fc0", "rec0"]
+
+
+@pytest.fixture(scope="module")
+def randman_task():
+    x, y = randman_raster(nb_classes=4, nb_units=20, nb_steps=50, nb_samples=80, dim_manifold=1, seed=0)
+    return split(x, y, 0.2, seed=0)
+
+
+def test_eventprop_learns_randman_float_and_8bit(randman_task):
+    xtr, ytr, xte, yte = randman_task
+    m = EventPropSNN(20, 32, 4, init_scale=0.5, init_mean=0.05, seed=0)
+    h = train_eventprop(m, xtr, ytr, epochs=10, batch_size=32, lr=1e-2, seed=0)
+    assert h["loss"][-1] < 0.5 * h["loss"][0]
+    acc = evaluate(m, xte, yte)
+    assert acc >= 0.8  # chance 0.25; measured 0.89
+    q = EventPropSNN(20, 32, 4, init_scale=0.5, init_mean=0.05, seed=0).quantize_weights("fxp8:p99")
+    train_eventprop(q, xtr, ytr, epochs=10, batch_size=32, lr=1e-2, seed=0, loss="ce")
+    assert evaluate(q, xte, yte) >= acc - 0.1  # measured: see the benchmark
+
+
+def test_training_is_deterministic(randman_task):
+    xtr, ytr, _, _ = randman_task
+    a = EventPropSNN(20, 8, 4, init_scale=0.5, init_mean=0.05, seed=3)
+    b = EventPropSNN(20, 8, 4, init_scale=0.5, init_mean=0.05, seed=3)
+    ha = train_eventprop(a, xtr[:64], ytr[:64], epochs=1, batch_size=16, seed=7, loss="mse")
+    hb = train_eventprop(b, xtr[:64], ytr[:64], epochs=1, batch_size=16, seed=7, loss="mse")
+    assert ha["loss"] == hb["loss"]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("kw,name", [
+    ({"readout": "median"}, "readout"),
+    ({"reset": "none"}, "reset"),
+    ({"method": "adjoint"}, "method"),
+    ({"tau_syn": -1.0}, "tau_syn"),
+    ({"threshold": 0.0}, "threshold"),
+    ({"n_hidden": 0}, "n_hidden"),
+])
+def test_bad_arguments_name_the_argument(kw, name):
+    args = {"n_in": 4, "n_hidden": 5, "n_out": 3, **kw}
+    with pytest.raises(ValueError, match=name):
+        EventPropSNN(**args)
+
+
+def test_bad_inputs_raise():
+    m = EventPropSNN(4, 5, 3)
+    with pytest.raises(ValueError, match="x must have shape"):
+        m(torch.zeros(2, 10, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        m(torch.full((2, 10, 4), float("nan")))
+    with pytest.raises(ValueError, match="loss"):
+        eventprop_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), "hinge")
+    with pytest.raises(ValueError, match="batch_size"):
+        train_eventprop(m, torch.zeros(4, 10, 4), torch.zeros(4, dtype=torch.long), batch_size=0)
+    with pytest.raises(ValueError, match="scope"):
+        m.quantize_weights("fxp8:p99", scope="layer")
+
+
+def test_eventprop_ablation_table():
+    from lowbit.snn.eventprop_train import eventprop_ablation
+
+    res = eventprop_ablation(seed=0, bits=(8,), epochs=10, qat_epochs=1, hidden=32, recurrent=False, nb_units=20,
+                             nb_steps=50, nb_samples=80, nb_classes=4, dim_manifold=1)
+    rows = res["rows"]
+    assert [(r["variant"], r["bits"]) for r in rows] == [("float", 32), ("PTQ", 8), ("QAT", 8)]
+    assert rows[0]["acc"] >= 0.75  # chance 1/4
+    assert abs(rows[1]["acc"] - rows[0]["acc"]) <= 0.1  # 8-bit fixed point barely moves the readout
+    assert res["table"].count("\n") == 4 and "PTQ fxp8:p99" in res["table"]
+    with pytest.raises(ValueError, match="bits"):
+        eventprop_ablation(bits=(1,))
