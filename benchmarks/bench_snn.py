@@ -6,7 +6,9 @@
 
 Step times: the same recurrent SNN (Randman-sized: 50 inputs, 128 hidden, 30 steps,
 batch 128) trained with float weights and states, fixed-point weights (quantized
-once per forward pass), quantized states (threshold-centred levels), and both.
+once per forward pass), quantized states (threshold-centred or uniform levels,
+rounded through an exact look-up table: one gather and a few elementwise passes
+per time step), and both.
 Variants run interleaved and the minimum over rounds is kept, so background load
 on a shared machine biases all of them alike. The DESIGN.md aim is <= 1.3x float.
 
@@ -38,6 +40,8 @@ def step_times(rounds: int = 15, steps: int = 30, hidden: int = 128, batch: int 
         "float": lambda m: m,
         "w4 (fxp4, per population)": lambda m: m.quantize_weights("fxp4:p99"),
         "s4 (thr states)": lambda m: m.set_state_quant(state_quantizer("thr", 4)),
+        "s4 (uniform states)": lambda m: m.set_state_quant(state_quantizer("uniform", 4)),
+        "s8 (thr states)": lambda m: m.set_state_quant(state_quantizer("thr", 8)),
         "w4 + s4": lambda m: m.quantize_weights("fxp4:p99").set_state_quant(state_quantizer("thr", 4)),
         "w8 + s8": lambda m: m.quantize_weights("fxp8:p99").set_state_quant(state_quantizer("thr", 8)),
     }

@@ -35,3 +35,26 @@ def test_snn_command_bad_bits(capsys):
 def test_snn_command_rejects_unknown_choice(flag):
     with pytest.raises(SystemExit):
         main(["snn", flag, "bogus"])
+
+
+@pytest.mark.parametrize("value", ["4=x", "4", "4=1.5"])
+def test_snn_command_rejects_bad_thr_multiplier(value, capsys):
+    assert main(["snn", "--thr-multiplier", value, "--no-plot"]) == 2
+    assert "multiplier" in capsys.readouterr().err
+
+
+def test_snn_command_with_the_eventprop_trainer(capsys):
+    """`lowbit snn --trainer eventprop` trains with EventProp and prints float / PTQ / QAT rows, deterministically."""
+    import re
+
+    from lowbit.cli import main
+
+    argv = ["snn", "--trainer", "eventprop", "--bits", "8", "--epochs", "2", "--qat-epochs", "1", "--hidden", "16",
+            "--samples", "30", "--classes", "3", "--steps", "20", "--seed", "0"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    rows = re.findall(r"^\| EventProp \| (.+?) \| ([\d.]+) \|$", first, re.M)
+    assert [r[0].split()[0] for r in rows] == ["float", "PTQ", "QAT"]
+    assert all(0.0 <= float(r[1]) <= 100.0 for r in rows)
+    assert main(argv) == 0
+    assert re.findall(r"^\| EventProp .*$", capsys.readouterr().out, re.M) == re.findall(r"^\| EventProp .*$", first, re.M)

@@ -126,6 +126,20 @@ def test_state_quantizer_is_exact_nearest_level_with_ste(kind, bits):
     assert torch.equal(xg.grad, torch.ones_like(x))  # identity straight-through, no clipping mask
 
 
+@pytest.mark.parametrize("kind,bits,limits,mult", [("thr", 8, (0.0, 0.2), None), ("thr", 8, (6.6, 4.4), None),
+                                                  ("thr", 4, (6.6, 4.4), 0.7), ("uniform", 4, (6.6, 4.4), None)])
+def test_state_quantizer_table_is_exact_for_crowded_and_calibrated_levels(kind, bits, limits, mult):
+    q = state_quantizer(kind, bits, 1.0, *limits, multiplier=mult)
+    assert q._table is not None  # the fast path (8-bit thr levels crowd within ulps of the threshold: several indices)
+    lv, mids = q.levels, q.mids
+    up, down = torch.nextafter(mids, torch.tensor(math.inf)), torch.nextafter(mids, torch.tensor(-math.inf))
+    x = torch.cat([torch.randn(50000) * 4, 1.0 + torch.randn(20000) * 1e-4, mids, up, down, lv,
+                   torch.tensor([math.inf, -math.inf, 1e30, -1e30])])
+    assert torch.equal(q(x), lv[torch.bucketize(x, mids)])
+    xt = x[: 40000].reshape(200, 200).t()  # non-contiguous input
+    assert torch.equal(q(xt), lv[torch.bucketize(xt.contiguous(), mids)])
+
+
 def test_state_quantizer_counts_clipped_states():
     q = state_quantizer("uniform", 2)  # range [-1, 1.2]
     q.start_tracking()

@@ -7,6 +7,15 @@ batch); stateful QAT (SQUAT) fine-tunes with quantized membrane states; the last
 row does both. States use uniform or threshold-centred levels whose range is
 calibrated from the float network's membrane distribution (or snnTorch's fixed
 ``[-thr, 1.2 thr]``), and the fraction of clipped states is reported.
+
+Threshold-centred levels use snnTorch's multiplier (the ratio of successive gaps)
+except where ``thr_multiplier`` says otherwise: at 4 bits snnTorch's 0.5 halves
+each gap, so on the calibrated range [-7.6, 5.4] of the default task the levels
+bunch at [0.94, 1.07] and -7.6 to 0.5 gets 4 coarse steps; 0.7 (snnTorch's 5-bit
+value) spreads them (levels -7.6, -4.9, -3.1, -1.8, -0.9, -0.2, 0.2, 0.5, ...). 4-bit
+QAT + SQUAT (thr), mean of seeds 0-2: multiplier 0.5 -> 92.2 %, 0.7 -> 94.9 %; with
+the range calibrated on the quantized-weight network instead: 0.5 -> 92.2 %,
+0.6 -> 94.0 %, 0.7 -> 94.5 %, 0.8 -> 94.0 %, 0.9 -> 86.2 %.
 """
 from __future__ import annotations
 
@@ -54,6 +63,7 @@ class AblationConfig:
     scope: str = "population"
     state_range: str = "calibrated"
     state_pct: tuple[float, float] = (2.0, 98.0)
+    thr_multiplier: dict[int, float] = field(default_factory=lambda: {4: 0.7})
     extra: dict[str, object] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -64,6 +74,9 @@ class AblationConfig:
             raise ValueError(f"state_range must be 'calibrated' or 'fixed', got {self.state_range!r}")
         if "{bits}" not in self.weight_format:
             raise ValueError(f"weight_format must contain '{{bits}}', got {self.weight_format!r}")
+        for b, m in self.thr_multiplier.items():
+            if not (isinstance(m, (int, float)) and 0 < m <= 1):
+                raise ValueError(f"thr_multiplier[{b}] must be a number in (0, 1], got {m!r}")
         for name in ("epochs", "qat_epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -114,7 +127,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print, progre
         m = copy.deepcopy(fp)
         if quant_w:
             m.quantize_weights(cfg.weight_format.format(bits=bits), cfg.scope)
-        q = state_quantizer(kind, bits, thr, lower, upper) if kind is not None else None
+        mult = cfg.thr_multiplier.get(bits) if kind == "thr" else None
+        q = state_quantizer(kind, bits, thr, lower, upper, mult) if kind is not None else None
         _set_states(m, q)
         if train_epochs:
             hh = train(m, xtr, ytr, epochs=train_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=cfg.seed + 1,
@@ -190,7 +204,8 @@ def plot_state_levels(result: dict[str, object], path: str | os.PathLike[str]) -
         for j, kind in enumerate(STATE_KINDS):
             ax = axes[i][j]
             ax.hist(mem, bins=200, range=(lo, hi), color="0.6", log=True)
-            q = state_quantizer(kind, b, sr["threshold"], sr["lower_limit"], sr["upper_limit"])  # type: ignore[index]
+            mult = {int(k): v for k, v in result["config"]["thr_multiplier"].items()}.get(b) if kind == "thr" else None  # type: ignore[index]
+            q = state_quantizer(kind, b, sr["threshold"], sr["lower_limit"], sr["upper_limit"], mult)  # type: ignore[index]
             for v in q.levels.tolist():
                 ax.axvline(v, color="tab:red" if kind == "thr" else "tab:blue", lw=0.6, alpha=0.8)
             ax.axvline(sr["threshold"], color="k", ls="--", lw=1)  # type: ignore[index]

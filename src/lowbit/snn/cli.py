@@ -28,22 +28,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="state level range from the float membrane distribution, or snnTorch's [-thr, 1.2 thr]")
     parser.add_argument("--state-pct", type=float, nargs=2, default=[2.0, 98.0], metavar=("LO", "HI"),
                         help="percentiles of the float membrane distribution that bound calibrated states (default 2 98)")
+    parser.add_argument("--thr-multiplier", nargs="*", default=["4=0.7"], metavar="BITS=M",
+                        help="gap ratio of threshold-centred levels per bit width (default 4=0.7; others: snnTorch's)")
     parser.add_argument("--report-dir", default="reports/snn", help="folder for the table and plot (default reports/snn)")
     parser.add_argument("--no-plot", action="store_true", help="skip the state-level plot")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--trainer", choices=["bptt", "eventprop"], default="bptt",
+                        help="bptt: surrogate-gradient BPTT ablation (FP/PTQ/QAT/SQUAT); "
+                             "eventprop: exact EventProp gradients, weights only (default bptt)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the ablation, print the table, write the report."""
     from .ablation import AblationConfig, format_table, run_ablation, save_report
 
+    try:
+        mult = {int(b): float(m) for b, m in (item.split("=") for item in args.thr_multiplier)}
+    except ValueError:
+        raise ValueError(f"--thr-multiplier takes BITS=M pairs, got {args.thr_multiplier}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.trainer == "eventprop":
+        from .eventprop_train import eventprop_ablation
+
+        res = eventprop_ablation(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
+                                 hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,
+                                 nb_classes=args.classes, dim_manifold=args.dim, alpha=args.alpha, scope=args.scope,
+                                 log=lambda s: print(s, flush=True))
+        print(res["table"])
+        return 0
     cfg = AblationConfig(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
                          hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,
                          nb_classes=args.classes, dim_manifold=args.dim, alpha=args.alpha, scope=args.scope,
-                         state_range=args.state_range, state_pct=tuple(args.state_pct))
+                         state_range=args.state_range, state_pct=tuple(args.state_pct), thr_multiplier=mult)
     t0 = time.perf_counter()
     res = run_ablation(cfg, log=lambda s: print(s, flush=True), progress=args.progress)
     print()

@@ -149,38 +149,87 @@ def state_levels(
     return _cb_state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier).levels.clone()
 
 
-def _lut(levels: Tensor, max_bins: int = 1 << 16) -> tuple[float, float, int, Tensor] | None:
+def _boundary_points(levels: Tensor) -> tuple[Tensor, Tensor]:
+    """Every midpoint and the float32 just above it, with the nearest-level reference there (ties to the lower)."""
+    lv = levels.float()
+    mids = (lv[1:] + lv[:-1]) / 2
+    pts = torch.cat([mids, torch.nextafter(mids, torch.tensor(math.inf)), lv[:1], lv[-1:]])
+    return pts, lv[torch.bucketize(pts, mids)]
+
+
+def _exact(rounder, levels: Tensor) -> bool:  # type: ignore[no-untyped-def]
+    """True when ``rounder`` equals nearest-level rounding for every float32.
+
+    ``rounder`` and the reference are both monotone in ``x``, so they agree
+    everywhere if they agree at each midpoint and at the float32 just above it.
+    """
+    pts, ref = _boundary_points(levels)
+    return bool(torch.equal(rounder(pts), ref))
+
+
+def _bins(x: Tensor, terms: Sequence[tuple[float, float, int]]) -> Tensor:
+    """Table row of every element: a sum of clamped affine bin indices (monotone in ``x``)."""
+    if len(terms) == 1:
+        a, b, n = terms[0]
+        return x.mul(a).add_(b).clamp_(0, n - 1).int()  # clamped to >= 0, so truncation is the floor
+    j = None
+    for a, b, n in terms:
+        t = x.mul(a).add_(b).floor_().clamp_(0, n - 1)
+        j = t if j is None else j.add_(t)
+    return j.int()  # type: ignore[union-attr]
+
+
+def _lut(levels: Tensor, max_bins: int = 1 << 16, max_terms: int = 3) -> tuple[list[tuple[float, float, int]], Tensor] | None:
     """Look-up table for exact nearest-level rounding in O(1) per element, or None if it would be too large.
 
-    Bin ``j = floor(x * a + b)`` (float32, monotone in ``x``) holds at most one midpoint;
-    a state in bin ``j`` rounds to ``hi[j]`` if it is above that midpoint (``has[j]``,
-    +inf when the bin holds none), else to ``lo[j]``. The midpoints' own bins are
-    computed with the same float32 operations, so the result equals ``bucketize``.
+    A state's row is :func:`_bins` -- one affine bin index over the whole range,
+    plus finer ones over the regions where levels crowd (next to the threshold
+    for threshold-centred levels) -- so that no row holds two midpoints. A state
+    in a row rounds to its upper level if it is above the row's midpoint (+inf
+    when the row holds none), else to its lower level. The midpoints' rows are
+    computed with the same float32 operations, so the result equals ``bucketize``
+    (and :func:`_exact` checks it).
     """
     lv = levels.float()
     mids = (lv[1:] + lv[:-1]) / 2
-    span = float(mids[-1] - mids[0]) if mids.numel() > 1 else 1.0
-    min_gap = float((mids[1:] - mids[:-1]).min()) if mids.numel() > 1 else 1.0
-    if not min_gap > 0:
-        return None
-    bins = max(8, 2 * math.ceil(span / min_gap))
-    while bins <= max_bins:
-        a = torch.tensor(bins / span, dtype=torch.float32)
-        b = 2.0 - mids[0] * a
-        n = bins + 5
-        jm = (mids * a + b).floor().clamp(0, n - 1).long()
-        counts = torch.bincount(jm, minlength=n)
-        if int(counts.max()) <= 1 and counts[0] == 0 and counts[-1] == 0:
-            below = torch.cumsum(counts, 0) - counts  # midpoints in earlier bins = index of the lower level
+    terms: list[tuple[float, float, int]] = []
+    region = mids
+    while len(terms) < max_terms and region.numel():
+        span = float(region[-1] - region[0]) if region.numel() > 1 else 1.0
+        gaps = region[1:] - region[:-1]
+        min_gap = float(gaps.min()) if gaps.numel() else 1.0
+        if not (span > 0 and min_gap > 0):
+            return None
+        bins = max(8, 2 * math.ceil(span / min_gap))
+        while True:
+            a = torch.tensor(min(bins, max_bins) / span, dtype=torch.float32)
+            trial = terms + [(float(a), float(2.0 - region[0] * a), min(bins, max_bins) + 5)]
+            n = sum(t[2] - 1 for t in trial) + 1
+            counts = torch.bincount(_bins(mids, trial).long(), minlength=n)
+            if int(counts.max()) <= 1 or bins >= max_bins:
+                break
+            bins *= 2
+        terms = trial
+        jm = _bins(mids, terms).long()
+        if int(counts.max()) <= 1:
+            below = torch.cumsum(counts, 0) - counts  # midpoints in earlier rows = index of the lower level
             has = torch.full((n,), math.inf)
             has[jm] = mids
             lo = lv[below]
             hi = torch.where(counts > 0, lv[(below + 1).clamp(max=lv.numel() - 1)], lo)
-            # (midpoint, lower, upper, pad) as float32, packed into one 16-byte element per bin
+            # (midpoint, lower, upper, pad) as float32, packed into one 16-byte element per row
             packed = torch.stack([has, lo, hi, torch.zeros(n)], 1).contiguous().view(torch.complex128).reshape(n)
-            return float(a), float(b), n, packed
-        bins *= 2
+            table = (terms, packed)
+            return table if _exact(lambda x: _lut_round(x, table), lv) else None
+        region = mids[counts[jm] > 1]  # the crowded midpoints get a finer index of their own
     return None
+
+
+def _lut_round(x: Tensor, table: tuple[list[tuple[float, float, int]], Tensor]) -> Tensor:
+    terms, packed = table
+    # one gather of 16-byte rows by int32 index (cheaper than an int64 take): midpoint, lower, upper, pad
+    mid, lo, hi, _ = packed.index_select(0, _bins(x, terms).reshape(-1)).view(torch.float32).view(-1, 4).unbind(1)
+    return torch.where(x.reshape(-1) > mid, hi, lo).view(x.shape)
 
 
 class _NearestLevel(torch.autograd.Function):
@@ -197,8 +246,9 @@ class StateQuantizer(nn.Module):
     """Rounds states to the nearest of a fixed level set; straight-through gradient; counts clipped states.
 
     Ties go to the lower level (as ``bucketize`` on the midpoints). Rounding uses a
-    look-up table (exact, O(1) per element, no [N, L] tensor), or ``bucketize`` when
-    levels sit too close for a small table (8-bit threshold-centred levels).
+    look-up table (:func:`_lut`: exact, O(1) per element, no [N, L] tensor, one
+    gather and a few elementwise passes), or ``bucketize`` for other dtypes and
+    devices and for level sets no small table resolves.
     """
 
     levels: Tensor
@@ -230,15 +280,10 @@ class StateQuantizer(nn.Module):
         return f"kind={self.kind!r}, num_bits={self.num_bits}, range=[{self.lo:.4g}, {self.hi:.4g}]"
 
     def round(self, x: Tensor) -> Tensor:
-        """Nearest level of every element, no gradient bookkeeping (float32 tables; other dtypes via bucketize)."""
-        t = self._table
-        if t is None or x.dtype != torch.float32 or x.device.type != "cpu":
+        """Nearest level of every element, no gradient bookkeeping (float32 on CPU: a table; other dtypes: bucketize)."""
+        if self._table is None or x.dtype != torch.float32 or x.device.type != "cpu":
             return self.levels.to(x)[torch.bucketize(x, self.mids.to(x))]
-        a, b, n, packed = t
-        # bins are >= 0 after the clamp, so truncation (.long()) is the floor
-        j = (x * a + b).clamp_(0, n - 1).long()
-        e = packed.take(j).view(torch.float32).view(*x.shape, 4)  # one gather: (midpoint, lower, upper, pad)
-        return torch.where(x > e[..., 0], e[..., 2], e[..., 1])
+        return _lut_round(x, self._table)
 
     def forward(self, x: Tensor) -> Tensor:
         """Nearest level of every element (ties to the lower level); gradient passes straight through."""
