@@ -320,7 +320,12 @@ def state_quantizer(
     upper_limit: float = 0.2,
     multiplier: float | None = None,
 ) -> Quantizer:
-    """A ready-to-call state quantizer: nearest absolute level, scale 1 frozen, straight-through gradient."""
+    """A ready-to-call state quantizer: nearest absolute level, scale 1 frozen, straight-through gradient.
+
+    A plain :class:`Quantizer` (encodes to QTensors, saves with a model). Inside neurons' time loops
+    prefer :func:`lowbit.snn.state_quantizer`: the same levels and rounding through an exact look-up
+    table, cheaper per step, and it counts clipped states.
+    """
     fmt = state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier)
     return Quantizer(fmt, Fixed()).fit(fmt.levels)
 
