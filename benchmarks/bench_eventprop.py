@@ -57,12 +57,12 @@ def run_task(name: str, data: tuple, n_in: int, n_out: int, args: argparse.Names
         spec = None if prec == "float" else f"fxp{prec}:p99"
         for method in ("eventprop", "bptt"):
             ep = EventPropSNN(n_in, args.hidden, n_out, init_scale=args.init_scale, init_mean=args.init_mean,
-                              out_init_scale=args.out_init_scale, seed=args.seed)
+                              out_init_scale=args.out_init_scale, readout=args.readout, reset="zero", seed=args.seed)
             if method == "eventprop":
                 model = ep
             else:
                 model = SNN(n_in, args.hidden, n_out, recurrent=False, tau_mem=20.0, tau_syn=5.0, reset="zero",
-                            readout="mean", seed=args.seed)
+                            readout=args.readout, seed=args.seed)
                 with torch.no_grad():
                     model.fc[0].copy_(ep.fc[0])
                     model.w_out.copy_(ep.w_out)
@@ -108,7 +108,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--init-scale", type=float, default=1.0)
-    ap.add_argument("--init-mean", type=float, default=0.05)
+    ap.add_argument("--init-mean", type=float, default=0.0)
+    ap.add_argument("--readout", default="exp", choices=["mean", "exp", "sum", "max", "last"],
+                    help="readout of both networks (default exp: mlGeNN's exponentially weighted average)")
     ap.add_argument("--out-init-scale", type=float, default=0.2, help="readout weight std x sqrt(fan-in) (default 0.2)")
     ap.add_argument("--weights", nargs="+", default=["float", "8", "4"], help="float and/or bit widths")
     ap.add_argument("--tasks", nargs="+", default=["digits", "randman"], choices=["digits", "randman"])

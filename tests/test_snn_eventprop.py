@@ -36,18 +36,23 @@ def _ref(m):
     return lambda x, ws: reference_forward(x, m.cfg, ws)
 
 
-@pytest.mark.parametrize("recurrent,hidden,readout,reset", [
-    (False, 5, "mean", "subtract"),
-    (False, [5, 4], "max", "zero"),
-    (True, 5, "exp", "subtract"),
-    (True, [4, 4], "sum", "zero"),
+@pytest.mark.parametrize("recurrent,hidden,readout,reset,loss", [
+    (False, 5, "mean", "subtract", "ce"),
+    (False, [5, 4], "max", "zero", "ce"),
+    (True, 5, "exp", "subtract", "ce"),
+    (True, [4, 4], "sum", "zero", "ce"),
+    (False, 5, "ttfs", "zero", "ttfs"),
+    (True, [5, 4], "ttfs", "subtract", "ttfs"),
 ])
-def test_gradient_equals_finite_differences(recurrent, hidden, readout, reset):
+def test_gradient_equals_finite_differences(recurrent, hidden, readout, reset, loss):
     m = _net(recurrent, hidden, readout, reset)
     x, y = _data()
     ws = [w.detach() for w in m.connections().values()]
-    _, grads = _grads(_ep(m), x, y, ws)
+    _, grads = _grads(_ep(m), x, y, ws, loss)
     rasters = [r.clone() for r in m.record_spikes(x)]
+    if readout == "ttfs":  # which output neurons fire is part of the spike pattern too
+        rasters.append(_ep(m)(x, ws) > -x.shape[1])
+        assert rasters[-1].float().mean() > 0.5
     assert all(r.any() for r in rasters)  # every layer spikes, so hidden gradients are not trivially zero
     eps, checked, nonzero_hidden = 1e-6, 0, 0
     for i, (w, g) in enumerate(zip(ws, grads)):
@@ -60,8 +65,9 @@ def test_gradient_equals_finite_differences(recurrent, hidden, readout, reset):
                     m2 = _net(recurrent, hidden, readout, reset)
                     for p, v in zip(m2.connections().values(), wp):
                         p.copy_(v)
-                    same = all(torch.equal(a, b) for a, b in zip(m2.record_spikes(x), rasters))
-                    vals.append((eventprop_loss(_ep(m)(x, wp), y), same))
+                    now = m2.record_spikes(x) + ([_ep(m)(x, wp) > -x.shape[1]] if readout == "ttfs" else [])
+                    same = all(torch.equal(a, b) for a, b in zip(now, rasters))
+                    vals.append((eventprop_loss(_ep(m)(x, wp), y, loss), same))
             if not (vals[0][1] and vals[1][1]):
                 continue  # the perturbation changed the spike pattern: the loss jumps there
             fd = float(vals[0][0] - vals[1][0]) / (2 * eps)
@@ -75,7 +81,7 @@ def test_gradient_equals_finite_differences(recurrent, hidden, readout, reset):
 
 @pytest.mark.parametrize("readout", EP_READOUTS)
 @pytest.mark.parametrize("recurrent", [False, True])
-@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("loss", ["ce", "mse", "ttfs"])
 def test_matches_autograd_bptt_of_same_discretisation(readout, recurrent, loss):
     m = _net(recurrent, [6, 5], readout, out_tau_syn=3.0)
     x, y = _data(b=4, t=30, seed=2)

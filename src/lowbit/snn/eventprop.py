@@ -17,7 +17,11 @@ earlier, the loss is a smooth function of every weight while the spike pattern s
 and the gradient of *this* discretisation is exact: the tests compare it with finite differences
 and with autograd through :func:`reference_forward` (BPTT without a surrogate). The readout is
 ``Io_k = alpha_o Io_{k-1} + W_out z_k``, ``Vo_k = beta_o Vo_{k-1} + Io_k``, read out over time
-as mean / sum / max / last / exp (``sum_k e^{-k/T} Vo_k / T``, mlGeNN's ``AvgVarExpWeight``).
+as mean / sum / max / last / exp (``sum_k e^{-k/T} Vo_k / T``, mlGeNN's ``AvgVarExpWeight``;
+the default, because it rewards an early right answer and trains best with exact gradients).
+With ``readout="ttfs"`` the output is a spiking LIF population instead and the logits are minus
+each output neuron's first crossing time ``k - phi`` (``-T`` if it stays silent); its loss is
+Wunderlich & Pehle's ``CE(softmax(-t/tau0)) + alpha (e^{t_y/tau1} - 1)`` (``eventprop_loss(..., "ttfs")``).
 
 :class:`EventPropFunction` runs the forward without autograd, keeping only each spike's
 indices and the three values its jump needs (``phi``, ``V_{k-1}``, ``U_k``) and the input's
@@ -40,13 +44,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .neurons import decay
+from .neurons import READOUTS
+from .neurons import decay, readout_weights
 from .quant import SCOPES, WeightQuant
 
 __all__ = ["EventPropSNN", "EventPropFunction", "reference_forward", "eventprop_loss", "EP_READOUTS", "EP_LOSSES"]
 
-EP_READOUTS = ("mean", "sum", "max", "last", "exp")
-EP_LOSSES = ("ce", "mse")
+EP_READOUTS = (*READOUTS, "ttfs")  # ttfs: a spiking output read out by its first-spike times
+EP_LOSSES = ("ce", "mse", "ttfs")
 EP_RESETS = ("subtract", "zero")
 _CAP_MARGIN = 1e-2
 
@@ -60,6 +65,7 @@ class _Cfg:
         self.cap = thr * (1.0 - _CAP_MARGIN)  # at most one spike per step: the residue stays below threshold
         self.alpha, self.beta, self.thr = alpha, beta, thr
         self.out_alpha, self.out_beta, self.readout = out_alpha, out_beta, readout
+        self.ttfs = readout == "ttfs"  # spiking output; logits = -(first-spike time)
 
 
 def _split(ws: Sequence[Tensor], cfg: _Cfg) -> tuple[list[Tensor], list[Tensor | None], Tensor]:
@@ -68,21 +74,6 @@ def _split(ws: Sequence[Tensor], cfg: _Cfg) -> tuple[list[Tensor], list[Tensor |
     ff = [ws[step * k] for k in range(cfg.n_layers)]
     rec = [ws[step * k + 1] if cfg.recurrent else None for k in range(cfg.n_layers)]
     return ff, rec, ws[-1]
-
-
-def _readout_weights(t: int, readout: str, dtype: torch.dtype, device: torch.device) -> Tensor | None:
-    """Per-step weights of a linear readout (None for max)."""
-    if readout == "mean":
-        return torch.full((t,), 1.0 / t, dtype=dtype, device=device)
-    if readout == "sum":
-        return torch.ones(t, dtype=dtype, device=device)
-    if readout == "exp":
-        return torch.exp(-torch.arange(t, dtype=dtype, device=device) / t) / t
-    if readout == "last":
-        w = torch.zeros(t, dtype=dtype, device=device)
-        w[-1] = 1.0
-        return w
-    return None
 
 
 @torch.no_grad()
@@ -99,14 +90,21 @@ def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, Te
     late = [torch.zeros_like(i) for i in I]  # the (1 - phi) parts due at the next step
     io = torch.zeros(b, w_out.shape[0], dtype=dt, device=dev)
     vo = torch.zeros_like(io)
-    rw = _readout_weights(t, cfg.readout, dt, dev)
+    rw = None if cfg.ttfs else readout_weights(t, cfg.readout, dt, dev)
     acc = torch.zeros_like(vo) if rw is not None else torch.full_like(vo, -math.inf)
+    if cfg.ttfs:
+        acc.fill_(-float(t))  # a silent output neuron reads as a spike at the end of the trial
+        done = torch.zeros(vo.shape, dtype=torch.bool, device=dev)
+        vo_prev = vo
+        out_b: list[Tensor] = []
+        out_n: list[Tensor] = []
+        out_v: list[Tensor] = []
     arg = torch.zeros(b, w_out.shape[0], dtype=torch.long, device=dev)
     # per layer, per step: spike rows (b), neurons (n) and (phi, V_{k-1}, U_k)
     rec_b: list[list[Tensor]] = [[] for _ in range(n_l)]
     rec_n: list[list[Tensor]] = [[] for _ in range(n_l)]
     rec_v: list[list[Tensor]] = [[] for _ in range(n_l)]
-    counts = torch.zeros(n_l, t, dtype=torch.long)
+    counts = torch.zeros(n_l + cfg.ttfs, t, dtype=torch.long)  # (+ the output's first spikes)
     for k in range(t):  # the only Python loop over time
         h = x[:, k]
         for l in range(n_l):
@@ -135,7 +133,20 @@ def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, Te
             h = z
         io = torch.add(h @ w_out.t(), io, alpha=cfg.out_alpha)
         vo = torch.add(io, vo, alpha=cfg.out_beta)
-        if rw is not None:
+        if cfg.ttfs:  # output LIF: record each neuron's first crossing; later ones do not reach the loss
+            first = (vo >= cfg.thr) & ~done
+            bi, ni = first.nonzero(as_tuple=True)
+            ub, vb = vo[bi, ni], vo_prev[bi, ni]
+            phi = (ub - cfg.thr) / (ub - vb)
+            acc[bi, ni] = phi - k  # logit = -(crossing time) = -(k - phi) steps
+            done |= first
+            vo_prev = vo.masked_fill(done, 0.0)
+            vo = vo_prev
+            out_b.append(bi)
+            out_n.append(ni)
+            out_v.append(torch.stack([phi, vb, ub], 1))
+            counts[n_l, k] = bi.numel()
+        elif rw is not None:
             acc.add_(vo, alpha=float(rw[k]))
         else:
             better = vo > acc
@@ -144,7 +155,30 @@ def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, Te
     flat: list[Tensor] = []
     for l in range(n_l):
         flat += [torch.cat(rec_b[l]), torch.cat(rec_n[l]), torch.cat(rec_v[l])]
+    if cfg.ttfs:
+        flat += [torch.cat(out_b), torch.cat(out_n), torch.cat(out_v)]
     return acc, arg, counts, flat
+
+
+def _lif_adjoint_step(p_i: Tensor, p_v: Tensor, bi: Tensor, ni: Tensor, vb: Tensor, ub: Tensor, gphi: Tensor,
+                      keep: Tensor | None, alpha: float, beta: float, thr: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of a LIF population's adjoint, backwards: returns (lambda_I(k), alpha lambda_I(k), dL/dV_{k-1}).
+
+    ``p_i`` / ``p_v`` come from step ``k+1``; ``(bi, ni)`` are the step's spikes with the membrane
+    before (``vb = V_{k-1}``) and at the crossing (``ub = U_k``), ``gphi = dL/dphi`` there. The
+    crossing fraction ``phi = (U_k - thr) / (U_k - V_{k-1})`` is where the jump comes from; ``keep``
+    (subtractive reset) is 1 where ``V_k`` still follows ``U_k`` after the spike.
+    """
+    den2 = (ub - vb) ** 2
+    lam_u = p_v.clone()
+    jump = gphi * (thr - vb) / den2  # dphi/dU_k
+    if keep is not None:
+        jump = jump + lam_u[bi, ni] * keep
+    lam_u[bi, ni] = jump
+    lam_a = p_i + lam_u
+    p_v = lam_u * beta
+    p_v[bi, ni] += gphi * (ub - thr) / den2  # dphi/dV_{k-1}
+    return lam_a, lam_a * alpha, p_v
 
 
 class EventPropFunction(torch.autograd.Function):
@@ -178,7 +212,7 @@ class EventPropFunction(torch.autograd.Function):
         dt, dev = w_out.dtype, w_out.device
         # spikes per layer and step (views into the recorded tensors)
         spikes: list[list[tuple[Tensor, Tensor, Tensor]]] = []
-        for l in range(n_l):
+        for l in range(n_l + cfg.ttfs):
             sizes = ctx.counts[l].tolist()
             bs, ns, vs = (torch.split(f, sizes) for f in flat[3 * l : 3 * l + 3])
             spikes.append(list(zip(bs, ns, vs)))
@@ -193,7 +227,8 @@ class EventPropFunction(torch.autograd.Function):
         gz_carry = [torch.zeros(0, dtype=dt, device=dev) for _ in range(n_l)]  # dL/dz_{k+1} at the spikes of step k
         lam_vo = torch.zeros_like(g)
         lam_io = torch.zeros_like(g)
-        rw = _readout_weights(t, cfg.readout, dt, dev)
+        p_io, p_vo = torch.zeros_like(g), torch.zeros_like(g)  # the spiking (TTFS) output's adjoint
+        rw = None if cfg.ttfs else readout_weights(t, cfg.readout, dt, dev)
         thr = cfg.thr
         none = (torch.zeros(0, dtype=torch.long, device=dev),) * 2 + (torch.zeros(0, 3, dtype=dt, device=dev),)
 
@@ -213,15 +248,21 @@ class EventPropFunction(torch.autograd.Function):
         z_now = [z_dense(l, t - 1) for l in range(n_l)]
         for k in range(t - 1, -1, -1):
             z_before = [z_dense(l, k - 1) for l in range(n_l)]
-            drive = g * float(rw[k]) if rw is not None else g * (arg == k)
-            lam_vo = torch.add(drive, lam_vo, alpha=cfg.out_beta)
-            lam_io = torch.add(lam_vo, lam_io, alpha=cfg.out_alpha)
+            if cfg.ttfs:  # dL/dphi = dL/dlogit at each output neuron's first spike
+                bo, no, vals = spikes[n_l][k]
+                _, vb, ub = vals.unbind(1)
+                lam_io, p_io, p_vo = _lif_adjoint_step(p_io, p_vo, bo, no, vb, ub, g[bo, no], None,
+                                                       cfg.out_alpha, cfg.out_beta, thr)
+            else:
+                drive = g * float(rw[k]) if rw is not None else g * (arg == k)
+                lam_vo = torch.add(drive, lam_vo, alpha=cfg.out_beta)
+                lam_io = torch.add(lam_vo, lam_io, alpha=cfg.out_alpha)
             lam_up, w_up = lam_io, w_out
             d_out.addmm_(z_now[n_l - 1].t(), lam_io)
             for l in range(n_l - 1, -1, -1):
                 bi, ni, vals = at(l, k)
                 bj, nj, _ = at(l, k - 1)
-                phi, vb, ub = vals.unbind(1)
+                _, vb, ub = vals.unbind(1)
                 # dL/dz_k: from the layer above and the own recurrence, read at the spikes of steps k and k-1
                 gz = lam_up @ w_up
                 if rec[l] is not None:
@@ -230,16 +271,9 @@ class EventPropFunction(torch.autograd.Function):
                 # phi_k enters z_k with +1 and z_{k+1} with -1
                 gphi = gz_k - gz_carry[l] if gz_carry[l].numel() else gz_k
                 gz_carry[l] = gz_j
-                den2 = (ub - vb) ** 2
-                lam_u = p_v[l].clone()
-                jump = gphi * (thr - vb) / den2  # the jump at a spike
-                if cfg.subtract:  # V_k = min(U_k - thr, cap) keeps dL/dV_k where the cap is not hit
-                    jump = jump + lam_u[bi, ni] * (ub - thr < cfg.cap).to(dt)
-                lam_u[bi, ni] = jump
-                lam_a = p_i[l] + lam_u
-                p_i[l] = lam_a * cfg.alpha
-                p_v[l] = lam_u * cfg.beta
-                p_v[l][bi, ni] += gphi * (ub - thr) / den2
+                # V_k = min(U_k - thr, cap) keeps dL/dV_k where the cap is not hit
+                keep = (ub - thr < cfg.cap).to(dt) if cfg.subtract else None
+                lam_a, p_i[l], p_v[l] = _lif_adjoint_step(p_i[l], p_v[l], bi, ni, vb, ub, gphi, keep, cfg.alpha, cfg.beta, thr)
                 if l == 0:
                     xk = torch.zeros(b, ff[0].shape[1], dtype=dt, device=dev)
                     xk[in_bs[k], in_is[k]] = in_vs[k]
@@ -272,6 +306,8 @@ def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
     io = x.new_zeros(b, w_out.shape[0])
     vo = io
     vos = []
+    logit = torch.full_like(io, -float(t))  # TTFS: -(first-spike time), -T where silent
+    done = torch.zeros(io.shape, dtype=torch.bool, device=io.device)
     for k in range(t):
         h = x[:, k]
         for l in range(cfg.n_layers):
@@ -292,21 +328,39 @@ def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
             z_prev[l] = z
             h = z
         io = cfg.out_alpha * io + h @ w_out.t()
+        vo_before = vo
         vo = cfg.out_beta * vo + io
+        if cfg.ttfs:
+            first = ((vo >= cfg.thr) & ~done).detach()
+            den = torch.where(first, vo - vo_before, torch.ones_like(vo))
+            logit = torch.where(first, (vo - cfg.thr) / den - k, logit)
+            done = done | first
+            vo = torch.where(done, torch.zeros_like(vo), vo)
         vos.append(vo)
+    if cfg.ttfs:
+        return logit
     tr = torch.stack(vos, 1)
-    rw = _readout_weights(t, cfg.readout, tr.dtype, tr.device)
+    rw = readout_weights(t, cfg.readout, tr.dtype, tr.device)
     if rw is None:
         return tr.amax(1)
     return (tr * rw[None, :, None]).sum(1)
 
 
-def eventprop_loss(logits: Tensor, y: Tensor, loss: str = "ce") -> Tensor:
-    """Cross-entropy of the readout, or mean squared error to the one-hot labels."""
+def eventprop_loss(logits: Tensor, y: Tensor, loss: str = "ce", *, tau0: float = 2.0, tau1: float = 20.0,
+                   ttfs_alpha: float = 0.01) -> Tensor:
+    """Loss of the readout: cross-entropy, mean squared error to one-hot labels, or ``ttfs``.
+
+    ``ttfs`` (Wunderlich & Pehle 2021) is for the first-spike readout, whose logits are
+    ``-t`` (first-spike times in steps): ``CE(softmax(-t / tau0)) + ttfs_alpha (e^{t_y / tau1} - 1)``,
+    the second term pulling the right neuron's spike earlier.
+    """
     if loss not in EP_LOSSES:
         raise ValueError(f"loss must be one of {EP_LOSSES}, got {loss!r}")
     if loss == "ce":
         return F.cross_entropy(logits, y)
+    if loss == "ttfs":
+        t_y = -logits.gather(1, y[:, None]).squeeze(1)
+        return F.cross_entropy(logits / tau0, y) + ttfs_alpha * torch.expm1(t_y / tau1).mean()
     return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
 
 
@@ -328,7 +382,7 @@ class EventPropSNN(nn.Module):
         dt: float = 1.0,
         threshold: float = 1.0,
         reset: str = "subtract",
-        readout: str = "mean",
+        readout: str = "exp",
         out_tau_mem: float | None = None,
         out_tau_syn: float | None = None,
         init_scale: float = 1.0,
@@ -359,7 +413,10 @@ class EventPropSNN(nn.Module):
         beta = decay(None, tau_mem, dt, "beta", "tau_mem")
         alpha = decay(None, tau_syn, dt, "alpha", "tau_syn")
         out_beta = decay(None, tau_mem if out_tau_mem is None else out_tau_mem, dt, "out_beta", "out_tau_mem")
-        out_alpha = 0.0 if out_tau_syn is None else decay(None, out_tau_syn, dt, "out_alpha", "out_tau_syn")
+        if out_tau_syn is not None:
+            out_alpha = decay(None, out_tau_syn, dt, "out_alpha", "out_tau_syn")
+        else:  # a leaky-integrator readout takes the current directly; a spiking (TTFS) one has the hidden synapses
+            out_alpha = alpha if readout == "ttfs" else 0.0
         self.cfg = _Cfg(len(hidden), bool(recurrent), alpha, beta, float(threshold), out_alpha, out_beta, readout, reset)
         self.sizes = [n_in, *hidden, n_out]
         self.recurrent = bool(recurrent)
@@ -376,7 +433,8 @@ class EventPropSNN(nn.Module):
             self.fc.append(init(h, self.sizes[k], init_mean))
             if recurrent:
                 self.rec.append(init(h, h, 0.0))
-        self.w_out = init(n_out, hidden[-1], 0.0, out_init_scale)
+        # a spiking (TTFS) output is initialised like a hidden layer, a leaky-integrator readout around 0
+        self.w_out = init(n_out, hidden[-1], init_mean if readout == "ttfs" else 0.0, out_init_scale)
         self.weight_quant: WeightQuant | None = None
 
     def extra_repr(self) -> str:

@@ -29,12 +29,15 @@ def train_eventprop(
     epochs: int = 10,
     batch_size: int = 32,
     lr: float = 1e-2,
-    loss: str = "ce",
+    loss: str | None = None,
     seed: int = 0,
     x_val: Tensor | None = None,
     y_val: Tensor | None = None,
 ) -> dict[str, list[float]]:
-    """Train ``model`` for ``epochs``; returns per-epoch loss, train accuracy, val accuracy and epoch seconds."""
+    """Train ``model`` for ``epochs``; returns per-epoch loss, train accuracy, val accuracy and epoch seconds.
+
+    ``loss`` defaults to ``ttfs`` for a first-spike (``readout="ttfs"``) model and to ``ce`` otherwise.
+    """
     if not isinstance(model, EventPropSNN):
         raise TypeError(f"model must be an EventPropSNN, got {type(model).__name__}")
     if not isinstance(x, Tensor) or x.dim() != 3:
@@ -47,6 +50,8 @@ def train_eventprop(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if loss is None:  # the first-spike readout has its own loss
+        loss = "ttfs" if model.cfg.ttfs else "ce"
     if loss not in EP_LOSSES:
         raise ValueError(f"loss must be one of {EP_LOSSES}, got {loss!r}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -29,10 +29,10 @@ from torch.nn import functional as F
 
 from .surrogate import surrogate as _surrogate
 
-__all__ = ["LIF", "RLIF", "LI", "LIFState", "StateQuant", "decay", "READOUTS", "RESETS"]
+__all__ = ["LIF", "RLIF", "LI", "LIFState", "StateQuant", "decay", "READOUTS", "RESETS", "readout_weights"]
 
 StateQuant = Callable[[Tensor], Tensor]
-READOUTS = ("mean", "max", "sum", "last")
+READOUTS = ("mean", "max", "sum", "last", "exp")
 RESETS = ("subtract", "zero")
 
 
@@ -234,8 +234,29 @@ class RLIF(LIF):
         return out, state
 
 
+def readout_weights(t: int, readout: str, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor | None:
+    """Per-step weights of a linear readout over ``t`` steps (None for ``max``, which is not linear).
+
+    ``exp`` weighs step ``k`` by ``e^{-k/t} / t``: mlGeNN's ``AvgVarExpWeight`` "loss shaping"
+    (Nowotny et al.), which rewards the right answer early in the trial.
+    """
+    if readout == "mean":
+        return torch.full((t,), 1.0 / t, dtype=dtype, device=device)
+    if readout == "sum":
+        return torch.ones(t, dtype=dtype, device=device)
+    if readout == "exp":
+        return torch.exp(-torch.arange(t, dtype=dtype, device=device) / t) / t
+    if readout == "last":
+        w = torch.zeros(t, dtype=dtype, device=device)
+        w[-1] = 1.0
+        return w
+    if readout == "max":
+        return None
+    raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+
+
 class LI(nn.Module):
-    """Non-spiking leaky integrator ``v = beta * v + I``, read out over time (mean / max / sum / last)."""
+    """Non-spiking leaky integrator ``v = beta * v + I``, read out over time (mean / max / sum / last / exp)."""
 
     def __init__(
         self,
@@ -277,6 +298,9 @@ class LI(nn.Module):
             return v.amax(dim=1)
         if self.readout == "sum":
             return v.sum(dim=1)
+        if self.readout == "exp":
+            w = readout_weights(v.shape[1], "exp", v.dtype, v.device)
+            return torch.einsum("btn,t->bn", v, w)  # type: ignore[arg-type]
         return v[:, -1]
 
     def forward(self, x: Tensor) -> Tensor:
