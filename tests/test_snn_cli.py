@@ -53,8 +53,10 @@ def test_snn_command_with_the_eventprop_trainer(capsys):
             "--samples", "30", "--classes", "3", "--steps", "20", "--seed", "0"]
     assert main(argv) == 0
     first = capsys.readouterr().out
-    rows = re.findall(r"^\| EventProp \| (.+?) \| ([\d.]+) \|$", first, re.M)
+    rows = re.findall(r"^\| EventProp \(exp readout\) \| (.+?) \| ([\d.]+) \|$", first, re.M)
     assert [r[0].split()[0] for r in rows] == ["float", "PTQ", "QAT"]
     assert all(0.0 <= float(r[1]) <= 100.0 for r in rows)
     assert main(argv) == 0
     assert re.findall(r"^\| EventProp .*$", capsys.readouterr().out, re.M) == re.findall(r"^\| EventProp .*$", first, re.M)
+    assert main([*argv, "--readout", "ttfs"]) == 0  # the first-spike-time readout
+    assert len(re.findall(r"^\| EventProp \(ttfs readout\) \| .+ \| [\d.]+ \|$", capsys.readouterr().out, re.M)) == 3

@@ -105,6 +105,10 @@ def test_li_readouts():
     assert LI(1, beta=0.5, readout="max")(x).item() == pytest.approx(1.0)
     assert LI(1, beta=0.5, readout="sum")(x).item() == pytest.approx(1.75)
     assert LI(1, beta=0.5, readout="last")(x).item() == pytest.approx(0.25)
+    w = torch.exp(-torch.arange(3.0) / 3) / 3  # mlGeNN's AvgVarExpWeight: e^{-k/T} V_k / T
+    assert LI(1, beta=0.5, readout="exp")(x).item() == pytest.approx(float(w @ torch.tensor([1.0, 0.5, 0.25])))
+    with pytest.raises(ValueError, match="readout"):
+        LI(1, readout="median")
 
 
 def test_surrogate_gradient_values():

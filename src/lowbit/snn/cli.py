@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainer", choices=["bptt", "eventprop"], default="bptt",
                         help="bptt: surrogate-gradient BPTT ablation (FP/PTQ/QAT/SQUAT); "
                              "eventprop: exact EventProp gradients, weights only (default bptt)")
+    parser.add_argument("--readout", choices=["exp", "mean", "sum", "max", "last", "ttfs"], default="exp",
+                        help="EventProp output readout (default exp: exponentially weighted mean; ttfs: first spike time)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         res = eventprop_ablation(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
                                  hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,
                                  nb_classes=args.classes, dim_manifold=args.dim, alpha=args.alpha, scope=args.scope,
-                                 log=lambda s: print(s, flush=True))
+                                 readout=args.readout, log=lambda s: print(s, flush=True))
         print(res["table"])
         return 0
     cfg = AblationConfig(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,

@@ -60,7 +60,8 @@ class _Cfg:
     """Static description of the network that the autograd function needs (no tensors)."""
 
     def __init__(self, n_layers: int, recurrent: bool, alpha: float, beta: float, thr: float,
-                 out_alpha: float, out_beta: float, readout: str, reset: str = "subtract") -> None:
+                 out_alpha: float, out_beta: float, readout: str, reset: str = "subtract", chunk: int = 32) -> None:
+        self.chunk = chunk  # time steps held dense at once (forward and backward)
         self.n_layers, self.recurrent, self.subtract = n_layers, recurrent, reset == "subtract"
         self.cap = thr * (1.0 - _CAP_MARGIN)  # at most one spike per step: the residue stays below threshold
         self.alpha, self.beta, self.thr = alpha, beta, thr
@@ -76,109 +77,118 @@ def _split(ws: Sequence[Tensor], cfg: _Cfg) -> tuple[list[Tensor], list[Tensor |
     return ff, rec, ws[-1]
 
 
+class _Spikes:
+    """The spikes of one population, compact: flat indices into [time, batch, neurons], sorted, and (phi, V_{k-1}, U_k)."""
+
+    def __init__(self, flat: Tensor, vals: Tensor, b: int, n: int) -> None:
+        self.flat, self.vals, self.b, self.n = flat, vals, b, n
+
+    def window(self, s: int, e: int) -> tuple[Tensor, Tensor]:
+        """Spikes of steps ``s <= k < e`` (clipped to >= 0): flat indices relative to step ``s``, and their values."""
+        per = self.b * self.n
+        lo, hi = torch.searchsorted(self.flat, torch.tensor([max(s, 0) * per, max(e, 0) * per], device=self.flat.device)).tolist()
+        return self.flat[lo:hi] - s * per, self.vals[lo:hi]
+
+    def dense(self, s: int, e: int, col: int, dtype: torch.dtype) -> Tensor:
+        """Column ``col`` of the values as a dense [e - s, batch, neurons] tensor (0 where no spike)."""
+        out = torch.zeros(e - s, self.b, self.n, dtype=dtype, device=self.flat.device)
+        f, v = self.window(s, e)
+        out.view(-1)[f] = v[:, col]
+        return out
+
+    def mask(self, s: int, e: int) -> Tensor:
+        """Where the spikes of steps ``s..e-1`` are, as a dense boolean [e - s, batch, neurons]."""
+        out = torch.zeros(e - s, self.b, self.n, dtype=torch.bool, device=self.flat.device)
+        out.view(-1)[self.window(s, e)[0]] = True
+        return out
+
+
+def _compact(u: Tensor, v_prev: Tensor, thr: float, s: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The spikes of a chunk of steps starting at ``s`` from its dense U and V_{k-1}: (flat indices, (phi, V_{k-1}, U))."""
+    spk = u >= thr if mask is None else mask
+    flat = spk.view(-1).nonzero().squeeze(1)
+    ub, vb = u.view(-1)[flat], v_prev.view(-1)[flat]
+    phi = (ub - thr) / (ub - vb)
+    return flat + s * u[0].numel(), torch.stack([phi, vb, ub], 1)
+
+
 @torch.no_grad()
-def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    """Forward without autograd: (readout, argmax step, spikes per layer and step, per layer (b, n, (s, V_prev, U)))."""
+def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, list[_Spikes]]:
+    """Forward without autograd: (readout, argmax step, the spikes of every hidden layer (and the TTFS output)).
+
+    Time runs in chunks of ``cfg.chunk`` steps, one layer after the other within a chunk: a layer's
+    input for the whole chunk is one matrix product, the step loop is a few elementwise kernels,
+    and the chunk's spikes are compacted once. Dense state lives only for one chunk.
+    """
     ff, rec, w_out = _split(ws, cfg)
     b, t, _ = x.shape
     dt, dev = ws[0].dtype, ws[0].device
-    x = x.to(dt)
-    n_l = cfg.n_layers
-    I = [torch.zeros(b, w.shape[0], dtype=dt, device=dev) for w in ff]
-    V = [torch.zeros_like(i) for i in I]
-    z_prev = [torch.zeros_like(i) for i in I]  # z_{k-1}, for the recurrence
-    late = [torch.zeros_like(i) for i in I]  # the (1 - phi) parts due at the next step
-    io = torch.zeros(b, w_out.shape[0], dtype=dt, device=dev)
+    xt = x.to(dt).transpose(0, 1)  # [time, batch, inputs]
+    thr, n_l = cfg.thr, cfg.n_layers
+    zero = torch.zeros((), dtype=dt, device=dev)
+    st = [{k: torch.zeros(b, w.shape[0], dtype=dt, device=dev) for k in ("I", "V", "late", "z")} for w in ff]
+    recs: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(n_l + cfg.ttfs)]
+    n_out = w_out.shape[0]
+    io = torch.zeros(b, n_out, dtype=dt, device=dev)
     vo = torch.zeros_like(io)
     rw = None if cfg.ttfs else readout_weights(t, cfg.readout, dt, dev)
     acc = torch.zeros_like(vo) if rw is not None else torch.full_like(vo, -math.inf)
     if cfg.ttfs:
         acc.fill_(-float(t))  # a silent output neuron reads as a spike at the end of the trial
-        done = torch.zeros(vo.shape, dtype=torch.bool, device=dev)
-        vo_prev = vo
-        out_b: list[Tensor] = []
-        out_n: list[Tensor] = []
-        out_v: list[Tensor] = []
-    arg = torch.zeros(b, w_out.shape[0], dtype=torch.long, device=dev)
-    # per layer, per step: spike rows (b), neurons (n) and (phi, V_{k-1}, U_k)
-    rec_b: list[list[Tensor]] = [[] for _ in range(n_l)]
-    rec_n: list[list[Tensor]] = [[] for _ in range(n_l)]
-    rec_v: list[list[Tensor]] = [[] for _ in range(n_l)]
-    counts = torch.zeros(n_l + cfg.ttfs, t, dtype=torch.long)  # (+ the output's first spikes)
-    for k in range(t):  # the only Python loop over time
-        h = x[:, k]
+        done = torch.zeros(b, n_out, dtype=torch.bool, device=dev)
+    arg = torch.zeros(b, n_out, dtype=torch.long, device=dev)
+    for s in range(0, t, cfg.chunk):
+        e = min(s + cfg.chunk, t)
+        c = e - s
+        h = xt[s:e]
         for l in range(n_l):
-            a = h @ ff[l].t()
-            if rec[l] is not None:
-                a = torch.addmm(a, z_prev[l], rec[l].t())
-            I[l] = torch.add(a, I[l], alpha=cfg.alpha)
-            u = torch.add(I[l], V[l], alpha=cfg.beta)
-            spk = u >= cfg.thr
-            bi, ni = spk.nonzero(as_tuple=True)
-            ub, vb = u[bi, ni], V[l][bi, ni]
-            phi = (ub - cfg.thr) / (ub - vb)
-            z = late[l]
-            z[bi, ni] += phi
-            late[l] = torch.zeros_like(u)
-            late[l][bi, ni] = 1.0 - phi
-            if cfg.subtract:
-                V[l] = torch.where(spk, (u - cfg.thr).clamp_(max=cfg.cap), u)
+            n, sl, r = ff[l].shape[0], st[l], rec[l]
+            a_all = (h.reshape(c * b, -1) @ ff[l].t()).view(c, b, n)
+            z_all, u_all, v_all = (torch.empty(c, b, n, dtype=dt, device=dev) for _ in range(3))
+            I, V, late, z = sl["I"], sl["V"], sl["late"], sl["z"]
+            for j in range(c):
+                a = a_all[j] if r is None else torch.addmm(a_all[j], z, r.t())
+                I = torch.add(a, I, alpha=cfg.alpha)
+                v_all[j] = V
+                u = torch.add(I, V, alpha=cfg.beta, out=u_all[j])
+                spk = u >= thr
+                over = u - thr
+                phi = torch.where(spk, over / (u - V), zero)
+                z = torch.add(late, phi, out=z_all[j])
+                late = torch.where(spk, 1.0 - phi, zero)
+                V = torch.where(spk, over.clamp_(max=cfg.cap), u) if cfg.subtract else u.masked_fill(spk, 0.0)
+            sl.update(I=I, V=V, late=late, z=z)
+            recs[l].append(_compact(u_all, v_all, thr, s))
+            h = z_all
+        a_out = (h.reshape(c * b, -1) @ w_out.t()).view(c, b, n_out)
+        if cfg.ttfs:
+            u_all, v_all = torch.empty_like(a_out), torch.empty_like(a_out)
+            first_all = torch.empty(c, b, n_out, dtype=torch.bool, device=dev)
+        for j in range(c):
+            k = s + j
+            io = torch.add(a_out[j], io, alpha=cfg.out_alpha)
+            if cfg.ttfs:  # output LIF: each neuron's first crossing; later ones do not reach the loss
+                v_all[j] = vo
+                vo = torch.add(io, vo, alpha=cfg.out_beta, out=u_all[j])
+                first = torch.logical_and(vo >= thr, ~done, out=first_all[j])
+                acc = torch.where(first, (vo - thr) / (vo - v_all[j]) - k, acc)  # -(crossing time k - phi)
+                done |= first
+                vo = vo.masked_fill(done, 0.0)
             else:
-                V[l] = u.masked_fill(spk, 0.0)
-            z_prev[l] = z
-            rec_b[l].append(bi)
-            rec_n[l].append(ni)
-            rec_v[l].append(torch.stack([phi, vb, ub], 1))
-            counts[l, k] = bi.numel()
-            h = z
-        io = torch.add(h @ w_out.t(), io, alpha=cfg.out_alpha)
-        vo = torch.add(io, vo, alpha=cfg.out_beta)
-        if cfg.ttfs:  # output LIF: record each neuron's first crossing; later ones do not reach the loss
-            first = (vo >= cfg.thr) & ~done
-            bi, ni = first.nonzero(as_tuple=True)
-            ub, vb = vo[bi, ni], vo_prev[bi, ni]
-            phi = (ub - cfg.thr) / (ub - vb)
-            acc[bi, ni] = phi - k  # logit = -(crossing time) = -(k - phi) steps
-            done |= first
-            vo_prev = vo.masked_fill(done, 0.0)
-            vo = vo_prev
-            out_b.append(bi)
-            out_n.append(ni)
-            out_v.append(torch.stack([phi, vb, ub], 1))
-            counts[n_l, k] = bi.numel()
-        elif rw is not None:
-            acc.add_(vo, alpha=float(rw[k]))
-        else:
-            better = vo > acc
-            acc = torch.where(better, vo, acc)
-            arg.masked_fill_(better, k)
-    flat: list[Tensor] = []
-    for l in range(n_l):
-        flat += [torch.cat(rec_b[l]), torch.cat(rec_n[l]), torch.cat(rec_v[l])]
-    if cfg.ttfs:
-        flat += [torch.cat(out_b), torch.cat(out_n), torch.cat(out_v)]
-    return acc, arg, counts, flat
-
-
-def _lif_adjoint_step(p_i: Tensor, p_v: Tensor, bi: Tensor, ni: Tensor, vb: Tensor, ub: Tensor, gphi: Tensor,
-                      keep: Tensor | None, alpha: float, beta: float, thr: float) -> tuple[Tensor, Tensor, Tensor]:
-    """One step of a LIF population's adjoint, backwards: returns (lambda_I(k), alpha lambda_I(k), dL/dV_{k-1}).
-
-    ``p_i`` / ``p_v`` come from step ``k+1``; ``(bi, ni)`` are the step's spikes with the membrane
-    before (``vb = V_{k-1}``) and at the crossing (``ub = U_k``), ``gphi = dL/dphi`` there. The
-    crossing fraction ``phi = (U_k - thr) / (U_k - V_{k-1})`` is where the jump comes from; ``keep``
-    (subtractive reset) is 1 where ``V_k`` still follows ``U_k`` after the spike.
-    """
-    den2 = (ub - vb) ** 2
-    lam_u = p_v.clone()
-    jump = gphi * (thr - vb) / den2  # dphi/dU_k
-    if keep is not None:
-        jump = jump + lam_u[bi, ni] * keep
-    lam_u[bi, ni] = jump
-    lam_a = p_i + lam_u
-    p_v = lam_u * beta
-    p_v[bi, ni] += gphi * (ub - thr) / den2  # dphi/dV_{k-1}
-    return lam_a, lam_a * alpha, p_v
+                vo = torch.add(io, vo, alpha=cfg.out_beta)
+                if rw is not None:
+                    acc.add_(vo, alpha=float(rw[k]))
+                else:
+                    better = vo > acc
+                    acc = torch.where(better, vo, acc)
+                    arg.masked_fill_(better, k)
+        if cfg.ttfs:
+            recs[n_l].append(_compact(u_all, v_all, thr, s, first_all))
+    spikes = []
+    for l, rl in enumerate(recs):
+        n = ff[l].shape[0] if l < n_l else n_out
+        spikes.append(_Spikes(torch.cat([f for f, _ in rl]), torch.cat([v for _, v in rl]), b, n))
+    return acc, arg, spikes
 
 
 class EventPropFunction(torch.autograd.Function):
@@ -186,16 +196,14 @@ class EventPropFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, cfg: _Cfg, *ws: Tensor) -> Tensor:  # type: ignore[override]
-        acc, arg, counts, flat = _run(x, cfg, ws)
+        acc, arg, spikes = _run(x, cfg, ws)
         ctx.cfg, ctx.t, ctx.b = cfg, x.shape[1], x.shape[0]
-        ctx.counts = counts
-        # the input is kept as its spikes only (step, row, unit, value), sorted by step
-        x_tb = x.detach().to(ws[0].dtype).transpose(0, 1)
-        nz = x_tb.nonzero()
-        in_t, in_b, in_i = nz[:, 0], nz[:, 1].clone(), nz[:, 2].clone()  # compact: saved without the step column
-        in_v = x_tb[in_t, in_b, in_i]
-        ctx.in_sizes = torch.bincount(in_t, minlength=x.shape[1]).tolist()
-        ctx.save_for_backward(in_b, in_i, in_v, arg, *flat, *ws)
+        # the input is kept as its spikes only: flat indices into [time, batch, inputs] and values
+        x_tb = x.detach().to(ws[0].dtype).transpose(0, 1).reshape(-1)
+        in_flat = x_tb.nonzero().squeeze(1)
+        ctx.n_in = x.shape[2]
+        flat = [tensor for sp in spikes for tensor in (sp.flat, sp.vals)]
+        ctx.save_for_backward(in_flat, x_tb[in_flat], arg, *flat, *ws)
         ctx.n_flat = len(flat)
         return acc
 
@@ -204,87 +212,79 @@ class EventPropFunction(torch.autograd.Function):
         cfg: _Cfg = ctx.cfg
         t, b, n_l = ctx.t, ctx.b, cfg.n_layers
         saved = ctx.saved_tensors
-        in_b, in_i, in_v, arg = saved[:4]
-        flat = saved[4 : 4 + ctx.n_flat]
-        ws = saved[4 + ctx.n_flat :]
+        in_flat, in_val, arg = saved[:3]
+        flat = saved[3 : 3 + ctx.n_flat]
+        ws = saved[3 + ctx.n_flat :]
         ff, rec, w_out = _split(ws, cfg)
         g = g.to(w_out.dtype)
         dt, dev = w_out.dtype, w_out.device
-        # spikes per layer and step (views into the recorded tensors)
-        spikes: list[list[tuple[Tensor, Tensor, Tensor]]] = []
-        for l in range(n_l + cfg.ttfs):
-            sizes = ctx.counts[l].tolist()
-            bs, ns, vs = (torch.split(f, sizes) for f in flat[3 * l : 3 * l + 3])
-            spikes.append(list(zip(bs, ns, vs)))
-        in_bs, in_is, in_vs = (torch.split(f, ctx.in_sizes) for f in (in_b, in_i, in_v))
-        # gradients are accumulated transposed ([pre, post] += z_k^T lambda_k), one matmul per step
+        sizes = [w.shape[0] for w in ff] + [w_out.shape[0]]
+        spikes = [_Spikes(flat[2 * l], flat[2 * l + 1], b, sizes[l]) for l in range(len(flat) // 2)]
+        x_in = _Spikes(in_flat, in_val[:, None], b, ctx.n_in)
+        thr, n_out = cfg.thr, w_out.shape[0]
+        # gradients accumulate transposed ([pre, post] += z^T lambda), one matrix product per chunk
         d_ff = [torch.zeros(w.shape[1], w.shape[0], dtype=dt, device=dev) for w in ff]
         d_rec = [torch.zeros(r.shape[1], r.shape[0], dtype=dt, device=dev) if r is not None else None for r in rec]
-        d_out = torch.zeros(w_out.shape[1], w_out.shape[0], dtype=dt, device=dev)
-        p_i = [torch.zeros(b, w.shape[0], dtype=dt, device=dev) for w in ff]  # alpha * lambda_I(k+1)
-        p_v = [torch.zeros_like(p) for p in p_i]  # dL/dV_k from step k+1
-        lam_next = [torch.zeros_like(p) for p in p_i]  # lambda_a(k+1), for the recurrent jump
-        gz_carry = [torch.zeros(0, dtype=dt, device=dev) for _ in range(n_l)]  # dL/dz_{k+1} at the spikes of step k
+        d_out = torch.zeros(w_out.shape[1], n_out, dtype=dt, device=dev)
+        # adjoint state carried from step k+1: lambda_I, dL/dV_k, dL/dz_{k+1} per layer
+        lam_next = [torch.zeros(b, n, dtype=dt, device=dev) for n in sizes[:n_l]]
+        p_v = [torch.zeros_like(v) for v in lam_next]
+        gz_next = [torch.zeros_like(v) for v in lam_next]
         lam_vo = torch.zeros_like(g)
         lam_io = torch.zeros_like(g)
-        p_io, p_vo = torch.zeros_like(g), torch.zeros_like(g)  # the spiking (TTFS) output's adjoint
+        p_vo = torch.zeros_like(g)
         rw = None if cfg.ttfs else readout_weights(t, cfg.readout, dt, dev)
-        thr = cfg.thr
-        none = (torch.zeros(0, dtype=torch.long, device=dev),) * 2 + (torch.zeros(0, 3, dtype=dt, device=dev),)
-
-        def at(l: int, j: int) -> tuple[Tensor, Tensor, Tensor]:
-            return spikes[l][j] if j >= 0 else none
-
-        def z_dense(l: int, j: int) -> Tensor:
-            # z_j of layer l rebuilt from the recorded spikes (a transient [batch, n], freed after the step)
-            z = torch.zeros(b, ff[l].shape[0], dtype=dt, device=dev)
-            if j >= 0:
-                pb, pn, pv = at(l, j)
-                z.index_put_((pb, pn), pv[:, 0], accumulate=True)
-                pb, pn, pv = at(l, j - 1)
-                z.index_put_((pb, pn), 1.0 - pv[:, 0], accumulate=True)
-            return z
-
-        z_now = [z_dense(l, t - 1) for l in range(n_l)]
-        for k in range(t - 1, -1, -1):
-            z_before = [z_dense(l, k - 1) for l in range(n_l)]
-            if cfg.ttfs:  # dL/dphi = dL/dlogit at each output neuron's first spike
-                bo, no, vals = spikes[n_l][k]
-                _, vb, ub = vals.unbind(1)
-                lam_io, p_io, p_vo = _lif_adjoint_step(p_io, p_vo, bo, no, vb, ub, g[bo, no], None,
-                                                       cfg.out_alpha, cfg.out_beta, thr)
+        starts = list(range(0, t, cfg.chunk))
+        for s in reversed(starts):
+            e = min(s + cfg.chunk, t)
+            c = e - s
+            # z of every layer over steps s-1..e-1 (z_k = phi_k + (1 - phi_{k-1}) at the spikes of k-1)
+            zs = []
+            for l in range(n_l):
+                phi = spikes[l].dense(s - 2, e, 0, dt)
+                spk = spikes[l].mask(s - 2, e).to(dt)
+                zs.append(phi[1:] + (spk - phi)[:-1])  # [c + 1, b, n]: steps s-1 .. e-1
+            lam_o = torch.empty(c, b, n_out, dtype=dt, device=dev)
+            if cfg.ttfs:  # the output LIF's adjoint, with dL/dphi = dL/dlogit at each neuron's first spike
+                c1, c2 = _jump_terms(spikes[n_l], s, e, thr, dt)
+                keep = 1.0 - spikes[n_l].mask(s, e).to(dt)
+                gphi = g * spikes[n_l].mask(s, e).to(dt)
+                for j in range(c - 1, -1, -1):
+                    lam_u = torch.addcmul(p_vo * keep[j], gphi[j], c1[j])
+                    lam_io = torch.add(lam_u, lam_io, alpha=cfg.out_alpha, out=lam_o[j])
+                    p_vo = torch.addcmul(lam_u * cfg.out_beta, gphi[j], c2[j])
             else:
-                drive = g * float(rw[k]) if rw is not None else g * (arg == k)
-                lam_vo = torch.add(drive, lam_vo, alpha=cfg.out_beta)
-                lam_io = torch.add(lam_vo, lam_io, alpha=cfg.out_alpha)
-            lam_up, w_up = lam_io, w_out
-            d_out.addmm_(z_now[n_l - 1].t(), lam_io)
+                for j in range(c - 1, -1, -1):
+                    k = s + j
+                    drive = g * float(rw[k]) if rw is not None else g * (arg == k)
+                    lam_vo = torch.add(drive, lam_vo, alpha=cfg.out_beta)
+                    lam_io = torch.add(lam_vo, lam_io, alpha=cfg.out_alpha, out=lam_o[j])
+            d_out.addmm_(zs[-1][1:].reshape(c * b, -1).t(), lam_o.reshape(c * b, -1))
+            lam_up, w_up = lam_o, w_out
             for l in range(n_l - 1, -1, -1):
-                bi, ni, vals = at(l, k)
-                bj, nj, _ = at(l, k - 1)
-                _, vb, ub = vals.unbind(1)
-                # dL/dz_k: from the layer above and the own recurrence, read at the spikes of steps k and k-1
-                gz = lam_up @ w_up
-                if rec[l] is not None:
-                    gz = gz.addmm_(lam_next[l], rec[l])  # type: ignore[arg-type]
-                gz_k, gz_j = gz[bi, ni], gz[bj, nj]
-                # phi_k enters z_k with +1 and z_{k+1} with -1
-                gphi = gz_k - gz_carry[l] if gz_carry[l].numel() else gz_k
-                gz_carry[l] = gz_j
-                # V_k = min(U_k - thr, cap) keeps dL/dV_k where the cap is not hit
-                keep = (ub - thr < cfg.cap).to(dt) if cfg.subtract else None
-                lam_a, p_i[l], p_v[l] = _lif_adjoint_step(p_i[l], p_v[l], bi, ni, vb, ub, gphi, keep, cfg.alpha, cfg.beta, thr)
-                if l == 0:
-                    xk = torch.zeros(b, ff[0].shape[1], dtype=dt, device=dev)
-                    xk[in_bs[k], in_is[k]] = in_vs[k]
-                    d_ff[0].addmm_(xk.t(), lam_a)
-                else:
-                    d_ff[l].addmm_(z_now[l - 1].t(), lam_a)
-                if rec[l] is not None:
-                    d_rec[l].addmm_(z_before[l].t(), lam_a)  # type: ignore[union-attr]
-                lam_next[l] = lam_a
-                lam_up, w_up = lam_a, ff[l]
-            z_now = z_before
+                n, r = sizes[l], rec[l]
+                c1, c2 = _jump_terms(spikes[l], s, e, thr, dt)
+                spk = spikes[l].mask(s, e)
+                if cfg.subtract:  # V_k = min(U_k - thr, cap) keeps dL/dV_k where the cap is not hit
+                    keep = torch.where(spk, (spikes[l].dense(s, e, 2, dt) - thr < cfg.cap).to(dt), 1.0)
+                else:  # reset to zero: V_k does not depend on U_k at a spike
+                    keep = (~spk).to(dt)
+                gz_all = (lam_up.reshape(c * b, -1) @ w_up).view(c, b, n)  # dL/dz_k from the layer above
+                lam = torch.empty(c, b, n, dtype=dt, device=dev)
+                la, pv, gzn = lam_next[l], p_v[l], gz_next[l]
+                for j in range(c - 1, -1, -1):
+                    gz = gz_all[j] if r is None else torch.addmm(gz_all[j], la, r)
+                    gphi = gz - gzn  # phi_k enters z_k with +1 and z_{k+1} with -1 (0 off the spikes: c1, c2 are 0)
+                    lam_u = torch.addcmul(pv * keep[j], gphi, c1[j])
+                    la = torch.add(lam_u, la, alpha=cfg.alpha, out=lam[j])
+                    pv = torch.addcmul(lam_u * cfg.beta, gphi, c2[j])
+                    gzn = gz
+                lam_next[l], p_v[l], gz_next[l] = la, pv, gzn
+                pre = x_in.dense(s, e, 0, dt) if l == 0 else zs[l - 1][1:]
+                d_ff[l].addmm_(pre.reshape(c * b, -1).t(), lam.reshape(c * b, -1))
+                if r is not None:
+                    d_rec[l].addmm_(zs[l][:-1].reshape(c * b, -1).t(), lam.reshape(c * b, -1))  # type: ignore[union-attr]
+                lam_up, w_up = lam, ff[l]
         grads: list[Tensor] = []
         for l in range(n_l):
             grads.append(d_ff[l].t().contiguous())
@@ -292,6 +292,22 @@ class EventPropFunction(torch.autograd.Function):
                 grads.append(d_rec[l].t().contiguous())  # type: ignore[union-attr]
         grads.append(d_out.t().contiguous())
         return (None, None, *grads)
+
+
+def _jump_terms(sp: _Spikes, s: int, e: int, thr: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """dphi/dU_k and dphi/dV_{k-1} at the spikes of steps ``s..e-1`` (dense, 0 elsewhere).
+
+    ``phi = (U_k - thr) / (U_k - V_{k-1})``: ``dphi/dU_k = (thr - V_{k-1}) / (U_k - V_{k-1})^2`` and
+    ``dphi/dV_{k-1} = (U_k - thr) / (U_k - V_{k-1})^2``.
+    """
+    f, v = sp.window(s, e)
+    vb, ub = v[:, 1], v[:, 2]
+    den2 = (ub - vb) ** 2
+    c1 = torch.zeros(e - s, sp.b, sp.n, dtype=dtype, device=sp.flat.device)
+    c2 = torch.zeros_like(c1)
+    c1.view(-1)[f] = (thr - vb) / den2
+    c2.view(-1)[f] = (ub - thr) / den2
+    return c1, c2
 
 
 def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
@@ -368,6 +384,9 @@ class EventPropSNN(nn.Module):
     """LIF network (exponential synapses, optional recurrence) with a leaky-integrator readout, trained by EventProp.
 
     ``method="bptt"`` runs the same discretisation through autograd instead (exact, memory per step).
+    ``chunk_steps`` time steps are held dense at once while the forward and backward passes run
+    (transient memory ``chunk_steps x batch x neurons``; what is kept for the backward pass is the
+    spikes only); the result does not depend on it.
     """
 
     def __init__(
@@ -389,6 +408,7 @@ class EventPropSNN(nn.Module):
         init_mean: float = 0.0,
         out_init_scale: float = 1.0,
         method: str = "eventprop",
+        chunk_steps: int = 32,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -410,6 +430,8 @@ class EventPropSNN(nn.Module):
         for name, v in (("init_scale", init_scale), ("init_mean", init_mean), ("out_init_scale", out_init_scale)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
+            raise ValueError(f"chunk_steps must be a positive int, got {chunk_steps!r}")
         beta = decay(None, tau_mem, dt, "beta", "tau_mem")
         alpha = decay(None, tau_syn, dt, "alpha", "tau_syn")
         out_beta = decay(None, tau_mem if out_tau_mem is None else out_tau_mem, dt, "out_beta", "out_tau_mem")
@@ -417,7 +439,8 @@ class EventPropSNN(nn.Module):
             out_alpha = decay(None, out_tau_syn, dt, "out_alpha", "out_tau_syn")
         else:  # a leaky-integrator readout takes the current directly; a spiking (TTFS) one has the hidden synapses
             out_alpha = alpha if readout == "ttfs" else 0.0
-        self.cfg = _Cfg(len(hidden), bool(recurrent), alpha, beta, float(threshold), out_alpha, out_beta, readout, reset)
+        self.cfg = _Cfg(len(hidden), bool(recurrent), alpha, beta, float(threshold), out_alpha, out_beta, readout, reset,
+                        chunk_steps)
         self.sizes = [n_in, *hidden, n_out]
         self.recurrent = bool(recurrent)
         self.method = method
@@ -500,11 +523,5 @@ class EventPropSNN(nn.Module):
     def record_spikes(self, x: Tensor) -> list[Tensor]:
         """Boolean spike rasters [batch, time, neurons] of every hidden layer (what the backward pass replays)."""
         ws = list(self.effective_weights().values())
-        _, _, counts, flat = _run(x, self.cfg, ws)
-        out = []
-        for l in range(self.cfg.n_layers):
-            r = torch.zeros(x.shape[0], x.shape[1], self.sizes[l + 1], dtype=torch.bool)
-            steps = torch.repeat_interleave(torch.arange(x.shape[1]), counts[l])
-            r[flat[3 * l], steps, flat[3 * l + 1]] = True
-            out.append(r)
-        return out
+        _, _, spikes = _run(x, self.cfg, ws)
+        return [sp.mask(0, x.shape[1]).transpose(0, 1) for sp in spikes[: self.cfg.n_layers]]

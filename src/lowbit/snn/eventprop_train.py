@@ -98,9 +98,13 @@ def eventprop_ablation(
     batch_size: int = 32,
     lr: float = 1e-2,
     qat_lr: float = 1e-3,
+    readout: str = "exp",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
-    """Randman with EventProp: float accuracy, then PTQ and QAT (fine-tuned shadow weights) per bit width."""
+    """Randman with EventProp: float accuracy, then PTQ and QAT (fine-tuned shadow weights) per bit width.
+
+    ``readout`` is the output's: ``exp`` (default), ``mean``, ``sum``, ``max``, ``last`` or ``ttfs`` (first spike).
+    """
     from ..data.spiking import randman_raster, split
 
     if not bits or any(isinstance(b, bool) or not isinstance(b, int) or b < 2 for b in bits):
@@ -109,8 +113,9 @@ def eventprop_ablation(
                           dim_manifold=dim_manifold, alpha=alpha, seed=seed)
     xtr, ytr, xte, yte = split(x, y, 0.2, seed=seed)
     say = log or (lambda s: None)
-    fp = EventPropSNN(nb_units, hidden, nb_classes, recurrent=recurrent, init_scale=1.0, init_mean=0.05,
-                     out_init_scale=0.2, seed=seed)
+    ttfs = readout == "ttfs"  # a spiking output needs a positive drive to fire at all
+    fp = EventPropSNN(nb_units, hidden, nb_classes, recurrent=recurrent, init_scale=1.0, init_mean=0.05 if ttfs else 0.0,
+                      out_init_scale=1.0 if ttfs else 0.2, readout=readout, seed=seed)
     t0 = time.perf_counter()
     train_eventprop(fp, xtr, ytr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     rows = [{"variant": "float", "bits": 32, "acc": evaluate(fp, xte, yte)}]
@@ -124,5 +129,5 @@ def eventprop_ablation(
     lines = ["| trainer | weights | accuracy (%) |", "|---|---|---|"]
     for r in rows:
         w = "float" if r["bits"] == 32 else f"{r['variant']} fxp{r['bits']}:p99 ({scope})"
-        lines.append(f"| EventProp | {w} | {100 * float(r['acc']):.1f} |")  # type: ignore[arg-type]
+        lines.append(f"| EventProp ({readout} readout) | {w} | {100 * float(r['acc']):.1f} |")  # type: ignore[arg-type]
     return {"rows": rows, "table": "\n".join(lines)}
