@@ -96,7 +96,7 @@ def run_ttfs(name: str, data: tuple, n_in: int, n_out: int, args: argparse.Names
     times = []
     for ep_i in range(args.epochs):
         t0 = time.perf_counter()
-        train_eventprop(m, xtr, ytr, epochs=1, batch_size=args.batch_size, lr=args.lr, seed=args.seed + ep_i)
+        train_eventprop(m, xtr, ytr, epochs=1, batch_size=args.batch_size, lr=args.ttfs_lr, seed=args.seed + ep_i)
         times.append(time.perf_counter() - t0)
     row = {"task": name, "method": "eventprop-ttfs", "weights": "float", "acc": evaluate(m, xte, yte), "epoch_s": min(times)}
     log(json.dumps(row))
@@ -139,6 +139,7 @@ def main() -> int:
     ap.add_argument("--tasks", nargs="+", default=["digits", "randman"], choices=["digits", "randman"])
     ap.add_argument("--randman-samples", type=int, default=100, help="Randman samples per class (default 100)")
     ap.add_argument("--no-ttfs", action="store_true", help="skip the first-spike-time readout rows")
+    ap.add_argument("--ttfs-lr", type=float, default=3e-3, help="learning rate of the first-spike-time runs (default 3e-3)")
     ap.add_argument("--quick", action="store_true", help="small sizes: 40 steps, 3 epochs, 600 digits")
     ap.add_argument("--out", default="benchmarks/results/eventprop.json")
     args = ap.parse_args()

@@ -111,6 +111,32 @@ def test_chunking_over_time_changes_nothing(readout):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * float(b.abs().max()))
 
 
+def test_silent_ttfs_output_gets_the_gradient_of_its_pseudo_time():
+    # an output neuron that never fires reads as firing at T (2 - V_peak / thr): its weights still learn
+    m = _net(False, 5, "ttfs", "zero")
+    x, y = _data(b=3, t=20)
+    with torch.no_grad():
+        m.w_out[2].fill_(0.001)  # output 2 stays below threshold
+    ws = [w.detach() for w in m.connections().values()]
+    out = _ep(m)(x, ws)
+    assert bool((out[:, 2] < -20).all()) and bool((out[:, :2] > -20).all())
+    l_ep, g_ep = _grads(_ep(m), x, y, ws, "ttfs")
+    l_bp, g_bp = _grads(_ref(m), x, y, ws, "ttfs")
+    assert torch.allclose(l_ep, l_bp, rtol=1e-12, atol=0)
+    assert g_ep[-1][2].abs().max() > 0  # the silent neuron's weights get a gradient
+    for a, b in zip(g_ep, g_bp):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * float(b.abs().max()))
+    eps = 1e-6
+    for j in range(5):  # finite differences of the silent neuron's weights
+        vals = []
+        for sgn in (1.0, -1.0):
+            wp = [v.clone() for v in ws]
+            wp[-1][2, j] += sgn * eps
+            vals.append(float(eventprop_loss(_ep(m)(x, wp), y, "ttfs")))
+        fd = (vals[0] - vals[1]) / (2 * eps)
+        assert abs(float(g_ep[-1][2, j]) - fd) <= 1e-4 * max(abs(fd), 1e-3)
+
+
 def test_method_bptt_and_float32_agree_with_eventprop():
     x, y = _data(b=5, t=25, seed=3)
     a = EventPropSNN(4, 8, 3, recurrent=True, init_scale=2.0, init_mean=0.4, seed=4)

@@ -20,7 +20,8 @@ and with autograd through :func:`reference_forward` (BPTT without a surrogate). 
 as mean / sum / max / last / exp (``sum_k e^{-k/T} Vo_k / T``, mlGeNN's ``AvgVarExpWeight``;
 the default, because it rewards an early right answer and trains best with exact gradients).
 With ``readout="ttfs"`` the output is a spiking LIF population instead and the logits are minus
-each output neuron's first crossing time ``k - phi`` (``-T`` if it stays silent); its loss is
+each output neuron's first crossing time ``k - phi`` (a neuron that stays silent reads as firing
+after the trial, the later the lower its peak membrane, so that it gets a gradient); its loss is
 Wunderlich & Pehle's ``CE(softmax(-t/tau0)) + alpha (e^{t_y/tau1} - 1)`` (``eventprop_loss(..., "ttfs")``).
 
 :class:`EventPropFunction` runs the forward without autograd, keeping only each spike's
@@ -134,8 +135,8 @@ def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, li
     rw = None if cfg.ttfs else readout_weights(t, cfg.readout, dt, dev)
     acc = torch.zeros_like(vo) if rw is not None else torch.full_like(vo, -math.inf)
     if cfg.ttfs:
-        acc.fill_(-float(t))  # a silent output neuron reads as a spike at the end of the trial
         done = torch.zeros(b, n_out, dtype=torch.bool, device=dev)
+        vmax = torch.full_like(vo, -math.inf)  # for the neurons that stay silent
     arg = torch.zeros(b, n_out, dtype=torch.long, device=dev)
     for s in range(0, t, cfg.chunk):
         e = min(s + cfg.chunk, t)
@@ -170,6 +171,9 @@ def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, li
             if cfg.ttfs:  # output LIF: each neuron's first crossing; later ones do not reach the loss
                 v_all[j] = vo
                 vo = torch.add(io, vo, alpha=cfg.out_beta, out=u_all[j])
+                better = vo > vmax
+                vmax = torch.where(better, vo, vmax)
+                arg.masked_fill_(better, k)
                 first = torch.logical_and(vo >= thr, ~done, out=first_all[j])
                 acc = torch.where(first, (vo - thr) / (vo - v_all[j]) - k, acc)  # -(crossing time k - phi)
                 done |= first
@@ -184,6 +188,9 @@ def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, li
                     arg.masked_fill_(better, k)
         if cfg.ttfs:
             recs[n_l].append(_compact(u_all, v_all, thr, s, first_all))
+    if cfg.ttfs:  # silent neurons: the pseudo-time of _silent_logit, its gradient through V at its peak
+        acc = torch.where(done, acc, _silent_logit(vmax, t, thr))
+        arg.masked_fill_(done, -1)
     spikes = []
     for l, rl in enumerate(recs):
         n = ff[l].shape[0] if l < n_l else n_out
@@ -249,8 +256,10 @@ class EventPropFunction(torch.autograd.Function):
                 c1, c2 = _jump_terms(spikes[n_l], s, e, thr, dt)
                 keep = 1.0 - spikes[n_l].mask(s, e).to(dt)
                 gphi = g * spikes[n_l].mask(s, e).to(dt)
+                g_peak = g * (t / thr)  # d logit / d V_peak of a silent neuron (see _silent_logit)
                 for j in range(c - 1, -1, -1):
                     lam_u = torch.addcmul(p_vo * keep[j], gphi[j], c1[j])
+                    lam_u = torch.where(arg == s + j, lam_u + g_peak, lam_u)
                     lam_io = torch.add(lam_u, lam_io, alpha=cfg.out_alpha, out=lam_o[j])
                     p_vo = torch.addcmul(lam_u * cfg.out_beta, gphi[j], c2[j])
             else:
@@ -294,6 +303,16 @@ class EventPropFunction(torch.autograd.Function):
         return (None, None, *grads)
 
 
+def _silent_logit(v_peak: Tensor, t: int, thr: float) -> Tensor:
+    """The logit of an output neuron that never fires: as if it fired at ``T + T (thr - V_peak) / thr``.
+
+    Later than any real spike, and the further its membrane stayed below threshold, the later: the
+    loss can then pull a silent right answer up towards firing (a real first spike has no gradient
+    to give when there is none), instead of only pushing the other neurons out of the trial.
+    """
+    return -float(t) * (2.0 - v_peak / thr)
+
+
 def _jump_terms(sp: _Spikes, s: int, e: int, thr: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """dphi/dU_k and dphi/dV_{k-1} at the spikes of steps ``s..e-1`` (dense, 0 elsewhere).
 
@@ -322,7 +341,8 @@ def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
     io = x.new_zeros(b, w_out.shape[0])
     vo = io
     vos = []
-    logit = torch.full_like(io, -float(t))  # TTFS: -(first-spike time), -T where silent
+    logit = torch.zeros_like(io)  # TTFS: -(first-spike time)
+    peaks = []
     done = torch.zeros(io.shape, dtype=torch.bool, device=io.device)
     for k in range(t):
         h = x[:, k]
@@ -347,6 +367,7 @@ def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
         vo_before = vo
         vo = cfg.out_beta * vo + io
         if cfg.ttfs:
+            peaks.append(vo)
             first = ((vo >= cfg.thr) & ~done).detach()
             den = torch.where(first, vo - vo_before, torch.ones_like(vo))
             logit = torch.where(first, (vo - cfg.thr) / den - k, logit)
@@ -354,7 +375,7 @@ def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
             vo = torch.where(done, torch.zeros_like(vo), vo)
         vos.append(vo)
     if cfg.ttfs:
-        return logit
+        return torch.where(done, logit, _silent_logit(torch.stack(peaks, 1).amax(1), t, cfg.thr))
     tr = torch.stack(vos, 1)
     rw = readout_weights(t, cfg.readout, tr.dtype, tr.device)
     if rw is None:
