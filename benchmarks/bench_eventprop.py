@@ -2,7 +2,7 @@
 
     python benchmarks/bench_eventprop.py                  # latency digits + Randman, 100 steps
     python benchmarks/bench_eventprop.py --quick          # small sizes, a minute or two
-    python benchmarks/bench_eventprop.py --threads 2 --seed 0 --epochs 8
+    python benchmarks/bench_eventprop.py --threads 1 --seed 0 --epochs 16
 
 Both trainers start from the same weights and see the same batches:
 
@@ -126,7 +126,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100, help="time steps of both tasks (default 100)")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2)
@@ -137,6 +137,7 @@ def main() -> int:
     ap.add_argument("--out-init-scale", type=float, default=0.2, help="readout weight std x sqrt(fan-in) (default 0.2)")
     ap.add_argument("--weights", nargs="+", default=["float", "8", "4"], help="float and/or bit widths")
     ap.add_argument("--tasks", nargs="+", default=["digits", "randman"], choices=["digits", "randman"])
+    ap.add_argument("--randman-dim", type=int, default=2, help="Randman manifold dimension (default 2)")
     ap.add_argument("--randman-samples", type=int, default=100, help="Randman samples per class (default 100)")
     ap.add_argument("--no-ttfs", action="store_true", help="skip the first-spike-time readout rows")
     ap.add_argument("--ttfs-lr", type=float, default=3e-3, help="learning rate of the first-spike-time runs (default 3e-3)")
@@ -159,11 +160,12 @@ def main() -> int:
             rows.append(run_ttfs(f"latency digits ({args.steps} steps)", data, 64, 10, args, print))
     if "randman" in args.tasks:
         x, y = randman_raster(nb_classes=10, nb_units=50, nb_steps=args.steps, nb_samples=args.randman_samples,
-                              dim_manifold=1, seed=args.seed)
+                              dim_manifold=args.randman_dim, seed=args.seed)
         data = split(x, y, 0.2, seed=args.seed)
-        rows += run_task(f"Randman 10 classes ({args.steps} steps)", data, 50, 10, args, print)
+        rname = f"Randman 10 classes, {args.randman_dim}-D ({args.steps} steps)"
+        rows += run_task(rname, data, 50, 10, args, print)
         if not args.no_ttfs:
-            rows.append(run_ttfs(f"Randman 10 classes ({args.steps} steps)", data, 50, 10, args, print))
+            rows.append(run_ttfs(rname, data, 50, 10, args, print))
     print()
     print(table(rows))
     print(f"\nwall time {time.perf_counter() - t0:.0f} s, {args.threads} threads, seed {args.seed}")
