@@ -32,6 +32,18 @@ def test_any_codebook_conforms(levels):
     check_format(Codebook(lv))
 
 
+@pytest.mark.parametrize("token", FORMATS)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_quantize_clamped_matches_quantize_on_clamped_values(token, rounding):
+    fmt = format_from_spec(token)
+    x = torch.randn(500, generator=torch.Generator().manual_seed(0)) * 2 * max(abs(fmt.lo), abs(fmt.hi))
+    c = torch.clamp(x, fmt.lo, fmt.hi)
+    kept = c.clone()
+    got = fmt.quantize_clamped(c, rounding, torch.Generator().manual_seed(1))
+    assert torch.equal(got, fmt.quantize(c, rounding, torch.Generator().manual_seed(1)))
+    assert torch.equal(c, kept) and got.data_ptr() != c.data_ptr()  # a new tensor; the input stays
+
+
 def test_uniform_levels_and_bits():
     assert Uniform(4).levels.tolist() == list(range(-8, 8))
     assert Uniform(4, narrow=True).levels.tolist() == list(range(-7, 8))

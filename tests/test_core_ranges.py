@@ -140,6 +140,10 @@ def test_granularity_rows_round_trip_and_counts():
         assert torch.equal(g.from_rows(rows, x.shape), x)
     # per-channel rows really hold one channel each
     assert Granularity.from_spec("channel1").to_rows(x)[1].tolist() == x[:, 1, :].flatten().tolist()
+    # axis 0 (also spelt -ndim): a view of x itself, the same rows as moving the axis
+    for tok in ("channel", "channel-3"):
+        rows = Granularity.from_spec(tok).to_rows(x)
+        assert rows.data_ptr() == x.data_ptr() and torch.equal(rows, x.movedim(0, 0).reshape(2, -1))
 
 
 @pytest.mark.parametrize("tok, match", [("channel3", "axis 3"), ("group5", "group size 5"), ("block7", "granularity")])

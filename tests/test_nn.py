@@ -81,6 +81,96 @@ def test_lsq_gradients_match_the_paper():
     torch.testing.assert_close(xa.grad, xb.grad)
 
 
+def _lsq_plain(x, s, gran, fmt, g):
+    # LSQ in plain autograd, one op at a time: clamp passes the gradient inside
+    # [lo, hi] (bounds included), rounding is straight through, and a hook
+    # scales the step's gradient by g (the values stay exact).
+    rows = gran.to_rows(x)
+    s = s * 1.0
+    s.register_hook(lambda grad: grad * g)
+    v = torch.clamp(rows / s[:, None], fmt.lo, fmt.hi)
+    q = v + (torch.round(v) - v).detach()
+    return gran.from_rows(q * s[:, None], x.shape)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "uint4", "int3n", "int8", "int2"])
+@pytest.mark.parametrize(
+    "gran,shape",
+    [("tensor", (8, 4, 3, 3)), ("channel", (8, 4, 3, 3)), ("channel", (10, 24)), ("channel-2", (10, 24)),
+     ("channel1", (3, 5, 7)), ("group8", (6, 32)), ("channel", (12,))],
+)
+def test_lsq_value_and_gradients_match_plain_autograd(fmt, gran, shape):
+    gen = _gen(7)
+    x = torch.randn(shape, generator=gen)
+    q = LSQQuantizer(fmt, gran, init=x)
+    with torch.no_grad():
+        q.scale.mul_(0.6)  # push some values past the clip levels
+    xa = x.clone().requires_grad_(True)
+    y = q(xa)
+    up = torch.randn(shape, generator=gen)
+    (y * up).sum().backward()
+
+    s = q.scale.detach().clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    rows = q.granularity.to_rows(x)
+    g = 1.0 / math.sqrt(rows.shape[1] * max(q.fmt.hi, 1e-12))
+    ref = _lsq_plain(xb, s, q.granularity, q.fmt, g)
+    (ref * up).sum().backward()
+    assert torch.equal(y.detach(), ref.detach())
+    with torch.no_grad():
+        assert torch.equal(q(x), ref)  # the no-grad path gives the same values
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(q.scale.grad, s.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_lsq_gradients_at_the_clip_levels_and_for_one_input():
+    # Power-of-two steps put values exactly on lo and hi: those count as inside.
+    fmt_lo, fmt_hi, step = -8.0, 7.0, 0.25
+    x = torch.tensor([[fmt_lo * step, fmt_hi * step, (fmt_hi + 0.5) * step, (fmt_lo - 1) * step, 0.3]])
+    q = LSQQuantizer("int4", "tensor")
+    q.set_scale(step)
+    xa = x.clone().requires_grad_(True)
+    q(xa).sum().backward()
+    assert xa.grad.tolist() == [[1.0, 1.0, 0.0, 0.0, 1.0]]
+    # d/ds per value: q - x/s inside (0 on the levels themselves), the clip level outside; times g
+    g = 1.0 / math.sqrt(5 * 7)
+    xn = 0.3 / step
+    expected = 0.0 + 0.0 + fmt_hi + fmt_lo + (round(xn) - xn)
+    assert float(q.scale.grad) == pytest.approx(expected * g, rel=1e-6)
+    # only the input needs a gradient, or only the step
+    q.scale.requires_grad_(False)
+    xa.grad = None
+    q(xa).sum().backward()
+    assert xa.grad.tolist() == [[1.0, 1.0, 0.0, 0.0, 1.0]]
+    q.scale.requires_grad_(True)
+    q.scale.grad = None
+    q(x).sum().backward()
+    assert float(q.scale.grad) == pytest.approx(expected * g, rel=1e-6)
+
+
+def test_lsq_follows_changes_to_shape_granularity_step_and_levels():
+    from lowbit.codebooks import LearnedCodebook
+    from lowbit.ranges import Granularity
+
+    w = torch.randn(6, 10, generator=_gen(8))
+    q = LSQQuantizer("int4", "channel", init=w)
+    q(w)
+    with pytest.raises(ValueError, match="6 step sizes but x needs 3"):
+        q(w[:3])
+    q.granularity = Granularity("tensor")
+    q.init_from(w)  # a new step-size tensor, of another size
+    assert torch.equal(q(w), LSQQuantizer("int4", "tensor", init=w)(w))
+    assert torch.equal(q(w[:3]), LSQQuantizer("int4", "tensor", init=w)(w[:3]))
+    cb = LearnedCodebook([-1.0, 0.0, 1.0], name="shared")
+    q = LSQQuantizer(cb, "tensor", init=w)
+    y0 = q(w)
+    cb.set_levels([-2.0, -1.0, 0.0, 1.0, 2.0])  # a weight-sharing step refills the levels
+    assert not torch.equal(q(w), y0)
+    fresh = LSQQuantizer(cb, "tensor")
+    fresh.set_scale(q.scale.detach())
+    assert torch.equal(q(w), fresh(w))
+
+
 def test_lsq_init_is_two_mean_abs_over_sqrt_qp():
     w = torch.randn(4, 30, generator=_gen(3))
     q = LSQQuantizer("int4", "channel", init=w)

@@ -103,6 +103,10 @@ class Format:
         """Like :meth:`quantize`, but may overwrite ``x`` (a temporary of the caller's) to save a pass."""
         return self.quantize(x, rounding, generator)
 
+    def quantize_clamped(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        """Like :meth:`quantize`, for ``x`` already clamped to ``[lo, hi]`` (a format may skip its own clamp)."""
+        return self.quantize(x, rounding, generator)
+
     def encode_(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
         """Like :meth:`encode`, but may overwrite ``x`` (a temporary of the caller's)."""
         return self.encode(x, rounding, generator)
@@ -171,6 +175,10 @@ class Uniform(Format):
         if rounding != "nearest":
             return self.quantize(x, rounding, generator)
         return x.round_().clamp_(self.qmin, self.qmax)
+
+    def quantize_clamped(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        # The levels are the integers qmin..qmax: rounding a value of [qmin, qmax] stays there.
+        return torch.round(x) if rounding == "nearest" else self.quantize(x, rounding, generator)
 
     def encode(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
         return self._codes(self.quantize(x, rounding, generator))

@@ -93,11 +93,13 @@ class Granularity:
             return x.reshape(1, -1)
         if self.kind == "group":
             return x.reshape(-1, self.size)
+        if self.axis in (0, -x.dim()):  # output channels of a weight: a plain view, no permute op
+            return x.reshape(x.shape[0], -1)
         return x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
 
     def from_rows(self, rows: Tensor, shape: torch.Size) -> Tensor:
         """Inverse of :meth:`to_rows`."""
-        if self.kind != "channel":
+        if self.kind != "channel" or self.axis in (0, -len(shape)):
             return rows.reshape(shape)
         moved = list(shape)
         moved.insert(0, moved.pop(self.axis))

@@ -55,9 +55,10 @@ class QuantLayer:
 
     def quantized_weight(self) -> Tensor:
         """The weight the forward pass uses (fake-quantized, or the converted one)."""
-        if self.qweight is not None or self.weight_quant is None:
+        wq = self.weight_quant  # a submodule: one nn.Module attribute lookup, not two (the QAT hot path)
+        if wq is None or self.qweight is not None:
             return self.weight
-        return self.weight_quant(self.weight)
+        return wq(self.weight)
 
     def _quant_input(self, x: Tensor) -> Tensor:
         return self.input_quant(x) if self.input_quant is not None else x
