@@ -3,6 +3,7 @@
     python benchmarks/bench_eventprop.py                  # latency digits + Randman, 100 steps
     python benchmarks/bench_eventprop.py --quick          # small sizes, a minute or two
     python benchmarks/bench_eventprop.py --threads 1 --seed 0 --epochs 16
+    python benchmarks/bench_eventprop.py --seed 1 --out s1.json ...; --merge s0.json s1.json ...   # seed means
 
 Both trainers start from the same weights and see the same batches:
 
@@ -120,6 +121,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def merged_table(paths: list[str]) -> str:
+    """Mean (min-max) over several seeds' result files: one line per task and weight precision."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    seeds = [r["args"]["seed"] for r in runs]
+    acc: dict[tuple, list[float]] = {}
+    for run in runs:
+        for r in run["rows"]:
+            if r["method"] != "eventprop-ttfs":
+                acc.setdefault((r["task"], r["weights"], r["method"]), []).append(100 * r["acc"])
+    out = [f"Mean over seeds {', '.join(map(str, seeds))} (min-max):", "",
+           "| task | weights | EventProp acc | BPTT acc | EventProp - BPTT (pt) |", "|---|---|---|---|---|"]
+    for task, prec in dict.fromkeys((k[0], k[1]) for k in acc):
+        e, b = acc[(task, prec, "eventprop")], acc[(task, prec, "bptt")]
+        d = [x - y for x, y in zip(e, b)]
+        w = "float" if prec == "float" else f"fxp{prec} (p99, per population)"
+        out.append(f"| {task} | {w} | {sum(e) / len(e):.1f} ({min(e):.1f}-{max(e):.1f}) | {sum(b) / len(b):.1f} "
+                   f"({min(b):.1f}-{max(b):.1f}) | {sum(d) / len(d):+.1f} ({min(d):+.1f} to {max(d):+.1f}) |")
+    return "\n".join(out)
+
+
 def main() -> int:
     """Run both tasks and print the markdown table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -143,7 +164,11 @@ def main() -> int:
     ap.add_argument("--ttfs-lr", type=float, default=3e-3, help="learning rate of the first-spike-time runs (default 3e-3)")
     ap.add_argument("--quick", action="store_true", help="small sizes: 40 steps, 3 epochs, 600 digits")
     ap.add_argument("--out", default="benchmarks/results/eventprop.json")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the mean table of earlier runs' --out files")
     args = ap.parse_args()
+    if args.merge:
+        print(merged_table(args.merge))
+        return 0
     if args.quick:
         args.steps, args.epochs = 40, 3
     torch.set_num_threads(args.threads)
