@@ -25,11 +25,14 @@ after the trial, the later the lower its peak membrane, so that it gets a gradie
 Wunderlich & Pehle's ``CE(softmax(-t/tau0)) + alpha (e^{t_y/tau1} - 1)`` (``eventprop_loss(..., "ttfs")``).
 
 :class:`EventPropFunction` runs the forward without autograd, keeping only each spike's
-indices and the three values its jump needs (``phi``, ``V_{k-1}``, ``U_k``) and the input's
+index and the three values its jump needs (``phi``, ``V_{k-1}``, ``U_k``) and the input's
 spikes: memory grows with the number of spikes, not with time steps x neurons. Its backward
 runs the adjoint ``(lambda_I, lambda_V)`` of every layer from ``T-1`` down to 0: linear decay
 between spikes, a jump at each recorded spike, and weight gradients from the adjoint of the
-synaptic current and the (rebuilt, per step) spike signal of the presynaptic layer.
+synaptic current and the spike signal of the presynaptic layer (rebuilt from the records).
+Both passes go through time in chunks of ``chunk_steps`` steps, layer by layer within a chunk,
+so that a layer's input (forward) and its weight gradient (backward) are one matrix product per
+chunk and the step loops are a handful of elementwise kernels; only a chunk is ever dense.
 
 Quantization-aware training: with :meth:`EventPropSNN.quantize_weights` the forward pass uses
 ``Q(w)`` (refitted to the float shadow weights at every forward pass, i.e. every batch, by
