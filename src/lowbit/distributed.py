@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from .api import _inputs
 from .nn.act import PACT, ActQuant, pact_penalty
 from .nn.lsq import LSQQuantizer
 from .quantizer import Quantizer
@@ -185,14 +186,6 @@ def sync_observations(model: nn.Module, group: Any = None) -> int:
         m._obs[:] = list(zip(los.unbind(0), his.unbind(0)))
         count += 1
     return count
-
-
-def _inputs(batch: object) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise TypeError(f"calibration batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}")
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from .neurons import READOUTS
 from .neurons import decay, readout_weights
-from .quant import SCOPES, WeightQuant
+from .quant import QuantizedConnections, WeightQuant
 
 __all__ = ["EventPropSNN", "EventPropFunction", "reference_forward", "eventprop_loss", "EP_READOUTS", "EP_LOSSES"]
 
@@ -404,7 +404,7 @@ def eventprop_loss(logits: Tensor, y: Tensor, loss: str = "ce", *, tau0: float =
     return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
 
 
-class EventPropSNN(nn.Module):
+class EventPropSNN(QuantizedConnections, nn.Module):
     """LIF network (exponential synapses, optional recurrence) with a leaky-integrator readout, trained by EventProp.
 
     ``method="bptt"`` runs the same discretisation through autograd instead (exact, memory per step).
@@ -508,28 +508,6 @@ class EventPropSNN(nn.Module):
                 out[f"rec{k}"] = f"rec.{k}"
         out["out"] = "w_out"
         return out
-
-    def populations(self) -> dict[str, list[str]]:
-        """Target population -> the connections into it (feed-forward and recurrent together)."""
-        out = {f"hidden{k}": [c for c in (f"fc{k}", f"rec{k}") if c in self.connections()] for k in range(self.cfg.n_layers)}
-        out["out"] = ["out"]
-        return out
-
-    def quantize_weights(self, spec: str | None = "fxp8:p99", scope: str = "population") -> "EventPropSNN":
-        """Fake-quantize weights with ``spec`` per population (shared scale) or per connection; None removes it."""
-        if spec is None:
-            self.weight_quant = None
-            return self
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-        groups = self.populations() if scope == "population" else {c: [c] for c in self.connections()}
-        self.weight_quant = WeightQuant(groups, spec)
-        return self
-
-    def effective_weights(self) -> dict[str, Tensor]:
-        """The weights the forward pass uses: quantized (straight-through) when weight quantization is on."""
-        w = self.connections()
-        return self.weight_quant(w) if self.weight_quant is not None else w
 
     def forward(self, x: Tensor) -> Tensor:
         """Readout [batch, n_out] for spike input ``x`` [batch, time, n_in] (gradients by EventProp or BPTT)."""

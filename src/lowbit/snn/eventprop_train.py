@@ -8,7 +8,6 @@ mlGeNN's one-batch lag.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Callable, Sequence
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .eventprop import EP_LOSSES, EventPropSNN, eventprop_loss
-from .train import evaluate
+from .train import _check_training, evaluate
 
 __all__ = ["train_eventprop", "eventprop_ablation"]
 
@@ -40,16 +39,7 @@ def train_eventprop(
     """
     if not isinstance(model, EventPropSNN):
         raise TypeError(f"model must be an EventPropSNN, got {type(model).__name__}")
-    if not isinstance(x, Tensor) or x.dim() != 3:
-        raise ValueError(f"x must be a tensor [samples, time, features], got {getattr(x, 'shape', type(x).__name__)}")
-    if not isinstance(y, Tensor) or y.dim() != 1 or len(y) != len(x):
-        raise ValueError(f"y must be a 1-D tensor with one label per sample of x ({len(x)})")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    _check_training(x, y, epochs, batch_size, lr)
     if loss is None:  # the first-spike readout has its own loss
         loss = "ttfs" if model.cfg.ttfs else "ce"
     if loss not in EP_LOSSES:

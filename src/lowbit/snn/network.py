@@ -15,12 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from .neurons import LI, LIF, RLIF, StateQuant, linear_seq
-from .quant import SCOPES, WeightQuant
+from .quant import QuantizedConnections, WeightQuant
 
 __all__ = ["SNN"]
 
 
-class SNN(nn.Module):
+class SNN(QuantizedConnections, nn.Module):
     """Spiking classifier with explicit, quantizable connections; input [batch, time, n_in] -> logits."""
 
     def __init__(
@@ -95,24 +95,7 @@ class SNN(nn.Module):
         out["out"] = "w_out"
         return out
 
-    def populations(self) -> dict[str, list[str]]:
-        """Target population -> the connections into it (feed-forward and recurrent together)."""
-        out = {f"hidden{k}": [c for c in (f"fc{k}", f"rec{k}") if c in self.connections()] for k in range(len(self.hidden))}
-        out["out"] = ["out"]
-        return out
-
     # ------------------------------------------------------------------ quantization
-
-    def quantize_weights(self, spec: str | None = "fxp8:p99", scope: str = "population") -> "SNN":
-        """Fake-quantize weights with ``spec`` per population (shared scale) or per connection; None removes it."""
-        if spec is None:
-            self.weight_quant = None
-            return self
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-        groups = self.populations() if scope == "population" else {c: [c] for c in self.connections()}
-        self.weight_quant = WeightQuant(groups, spec)
-        return self
 
     def set_state_quant(self, state_quant: StateQuant | Sequence[StateQuant | None] | None) -> "SNN":
         """Set the membrane (and synaptic) state quantizer of every hidden layer (one, or one per layer)."""
@@ -124,11 +107,6 @@ class SNN(nn.Module):
                 raise TypeError(f"state_quant must be callable, got {type(q).__name__}")
             neuron.state_quant = q
         return self
-
-    def effective_weights(self) -> dict[str, Tensor]:
-        """The weights the forward pass uses: quantized (straight-through) when weight quantization is on."""
-        w = self.connections()
-        return self.weight_quant(w) if self.weight_quant is not None else w
 
     # ------------------------------------------------------------------ forward
 

@@ -45,6 +45,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "SCOPES",
+    "QuantizedConnections",
     "STATE_KINDS",
 ]
 
@@ -117,6 +118,44 @@ class WeightQuant(nn.Module):
     def scales(self) -> dict[str, Tensor]:
         """The last fitted scale of every group."""
         return {g: q.scale.clone() for g, q in self.quantizers.items()}
+
+
+class QuantizedConnections:
+    """Weight quantization for a spiking network that names its weights with ``connections()``.
+
+    Connections are ``fc<k>`` (into hidden layer ``k``), ``rec<k>`` (its recurrence) and ``out``;
+    a population is a layer of neurons with every connection into it. Mixed into
+    :class:`~lowbit.snn.SNN` and :class:`~lowbit.snn.eventprop.EventPropSNN`.
+    """
+
+    weight_quant: "WeightQuant | None"  # set in the network's __init__ (no class default: nn.Module keeps submodules apart)
+
+    def connections(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def populations(self) -> dict[str, list[str]]:
+        """Target population -> the connections into it (feed-forward and recurrent together)."""
+        conns = self.connections()
+        n_layers = sum(c.startswith("fc") for c in conns)
+        out = {f"hidden{k}": [c for c in (f"fc{k}", f"rec{k}") if c in conns] for k in range(n_layers)}
+        out["out"] = ["out"]
+        return out
+
+    def quantize_weights(self, spec: str | None = "fxp8:p99", scope: str = "population"):  # type: ignore[no-untyped-def]
+        """Fake-quantize weights with ``spec`` per population (shared scale) or per connection; None removes it."""
+        if spec is None:
+            self.weight_quant = None
+            return self
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        groups = self.populations() if scope == "population" else {c: [c] for c in self.connections()}
+        self.weight_quant = WeightQuant(groups, spec)
+        return self
+
+    def effective_weights(self) -> dict[str, Tensor]:
+        """The weights the forward pass uses: quantized (straight-through) when weight quantization is on."""
+        w = self.connections()
+        return self.weight_quant(w) if self.weight_quant is not None else w
 
 
 # --------------------------------------------------------------------------- states

@@ -25,6 +25,17 @@ def _check_xy(x: Tensor, y: Tensor, name: str = "x") -> None:
         raise ValueError(f"labels must be a 1-D tensor with one label per sample of {name} ({len(x)})")
 
 
+def _check_training(x: Tensor, y: Tensor, epochs: object, batch_size: object, lr: object) -> None:
+    """The checks every SNN training loop makes on its data and hyper-parameters."""
+    _check_xy(x, y)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+
+
 def _progress(it, enabled: bool, **kw):  # type: ignore[no-untyped-def]
     if not enabled:
         return it
@@ -51,13 +62,7 @@ def train(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` (logits from [batch, time, features]) for ``epochs``; returns per-epoch loss, accuracy and step time."""
-    _check_xy(x, y)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    _check_training(x, y, epochs, batch_size, lr)
     opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     hist: dict[str, list[float]] = {"loss": [], "train_acc": [], "val_acc": [], "step_s": []}
