@@ -12,9 +12,10 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 
 import torch
+
+from _timing import wall_times  # benchmarks/ is on sys.path when a script runs
 
 from lowbit import quantizer, save_qtensors
 
@@ -26,13 +27,7 @@ SPECS = [
 
 def median_time(fn, repeat: int) -> float:
     """Median wall time of ``fn()`` over ``repeat`` runs (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(wall_times(fn, repeat))
 
 
 def main() -> None:

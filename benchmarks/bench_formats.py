@@ -14,10 +14,11 @@ import argparse
 import math
 import os
 import platform
-import time
 from typing import Callable
 
 import torch
+
+from _timing import wall_times  # benchmarks/ is on sys.path when a script runs
 
 from lowbit.codebooks import bits_per_param, build_quantizer, double_quantize
 
@@ -48,13 +49,7 @@ ROWS = [
 
 def best_ms(fn: Callable[[], object], repeat: int) -> float:
     """Best wall time of ``fn()`` in ms over ``repeat`` runs (after one warm-up): the least disturbed by load."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)
+    return 1e3 * min(wall_times(fn, repeat))
 
 
 def measure(spec: str, extra: str, w: torch.Tensor, repeat: int, timed: bool) -> tuple[float, float, float]:

@@ -27,6 +27,8 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+
+from _timing import wall_times  # benchmarks/ is on sys.path when a script runs
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,14 +73,7 @@ def ensure_venv() -> Path:
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return statistics.median(wall_times(fn, repeats, warmup))
 
 
 class Table:

@@ -18,26 +18,24 @@ from torch import Tensor
 __all__ = ["Surrogate", "fast_sigmoid", "atan", "surrogate", "SURROGATES"]
 
 
-class _FastSigmoid(torch.autograd.Function):
+class _Heaviside(torch.autograd.Function):
+    """Forward: the spike ``x > 0``; subclasses give the surrogate derivative in ``backward``."""
+
     @staticmethod
     def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.slope = slope
         return (x > 0).to(x.dtype)
 
+
+class _FastSigmoid(_Heaviside):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         return grad / (ctx.slope * x.abs() + 1.0) ** 2, None
 
 
-class _ATan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x > 0).to(x.dtype)
-
+class _ATan(_Heaviside):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
