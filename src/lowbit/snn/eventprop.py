@@ -100,6 +100,30 @@ class _Spikes:
         out.view(-1)[f] = v[:, col]
         return out
 
+    def chunk(self, s: int, e: int, thr: float, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """What the backward pass needs of steps ``s..e-1``, dense, from one look-up of the records.
+
+        Returns the spike signal ``z`` over steps ``s-1..e-1`` (``z_k = phi_k + (1 - phi_{k-1})`` at
+        the spikes of ``k-1``), then for steps ``s..e-1``: where the spikes are (boolean),
+        ``dphi/dU_k = (thr - V_{k-1}) / (U_k - V_{k-1})^2``, ``dphi/dV_{k-1} = (U_k - thr) / (U_k - V_{k-1})^2``
+        and ``U_k - thr`` (all 0 off the spikes).
+        """
+        f, v = self.window(s - 2, e)
+        shape = (e - s + 2, self.b, self.n)
+        spk = torch.zeros(shape, dtype=torch.bool, device=self.flat.device)
+        spk.view(-1)[f] = True
+
+        def put(vals: Tensor) -> Tensor:
+            out = torch.zeros(shape, dtype=dtype, device=self.flat.device)
+            out.view(-1)[f] = vals
+            return out
+
+        phi, vb, ub = v.unbind(1)
+        den2 = (ub - vb) ** 2
+        phi_d = put(phi)
+        z = phi_d[1:] + (spk.to(dtype) - phi_d)[:-1]
+        return z, spk[2:], put((thr - vb) / den2)[2:], put((ub - thr) / den2)[2:], put(ub - thr)[2:]
+
     def mask(self, s: int, e: int) -> Tensor:
         """Where the spikes of steps ``s..e-1`` are, as a dense boolean [e - s, batch, neurons]."""
         out = torch.zeros(e - s, self.b, self.n, dtype=torch.bool, device=self.flat.device)
@@ -248,17 +272,14 @@ class EventPropFunction(torch.autograd.Function):
         for s in reversed(starts):
             e = min(s + cfg.chunk, t)
             c = e - s
-            # z of every layer over steps s-1..e-1 (z_k = phi_k + (1 - phi_{k-1}) at the spikes of k-1)
-            zs = []
-            for l in range(n_l):
-                phi = spikes[l].dense(s - 2, e, 0, dt)
-                spk = spikes[l].mask(s - 2, e).to(dt)
-                zs.append(phi[1:] + (spk - phi)[:-1])  # [c + 1, b, n]: steps s-1 .. e-1
+            # per layer: z over steps s-1..e-1, and the spikes and jump terms of steps s..e-1
+            chunks = [spikes[l].chunk(s, e, thr, dt) for l in range(n_l)]
+            zs = [ch[0] for ch in chunks]
             lam_o = torch.empty(c, b, n_out, dtype=dt, device=dev)
             if cfg.ttfs:  # the output LIF's adjoint, with dL/dphi = dL/dlogit at each neuron's first spike
-                c1, c2 = _jump_terms(spikes[n_l], s, e, thr, dt)
-                keep = 1.0 - spikes[n_l].mask(s, e).to(dt)
-                gphi = g * spikes[n_l].mask(s, e).to(dt)
+                _, first, c1, c2, _ = spikes[n_l].chunk(s, e, thr, dt)
+                keep = (~first).to(dt)
+                gphi = g * first.to(dt)
                 g_peak = g * (t / thr)  # d logit / d V_peak of a silent neuron (see _silent_logit)
                 for j in range(c - 1, -1, -1):
                     lam_u = torch.addcmul(p_vo * keep[j], gphi[j], c1[j])
@@ -275,10 +296,9 @@ class EventPropFunction(torch.autograd.Function):
             lam_up, w_up = lam_o, w_out
             for l in range(n_l - 1, -1, -1):
                 n, r = sizes[l], rec[l]
-                c1, c2 = _jump_terms(spikes[l], s, e, thr, dt)
-                spk = spikes[l].mask(s, e)
+                _, spk, c1, c2, over = chunks[l]
                 if cfg.subtract:  # V_k = min(U_k - thr, cap) keeps dL/dV_k where the cap is not hit
-                    keep = torch.where(spk, (spikes[l].dense(s, e, 2, dt) - thr < cfg.cap).to(dt), 1.0)
+                    keep = torch.where(spk, (over < cfg.cap).to(dt), 1.0)
                 else:  # reset to zero: V_k does not depend on U_k at a spike
                     keep = (~spk).to(dt)
                 gz_all = (lam_up.reshape(c * b, -1) @ w_up).view(c, b, n)  # dL/dz_k from the layer above
@@ -314,22 +334,6 @@ def _silent_logit(v_peak: Tensor, t: int, thr: float) -> Tensor:
     to give when there is none), instead of only pushing the other neurons out of the trial.
     """
     return -float(t) * (2.0 - v_peak / thr)
-
-
-def _jump_terms(sp: _Spikes, s: int, e: int, thr: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """dphi/dU_k and dphi/dV_{k-1} at the spikes of steps ``s..e-1`` (dense, 0 elsewhere).
-
-    ``phi = (U_k - thr) / (U_k - V_{k-1})``: ``dphi/dU_k = (thr - V_{k-1}) / (U_k - V_{k-1})^2`` and
-    ``dphi/dV_{k-1} = (U_k - thr) / (U_k - V_{k-1})^2``.
-    """
-    f, v = sp.window(s, e)
-    vb, ub = v[:, 1], v[:, 2]
-    den2 = (ub - vb) ** 2
-    c1 = torch.zeros(e - s, sp.b, sp.n, dtype=dtype, device=sp.flat.device)
-    c2 = torch.zeros_like(c1)
-    c1.view(-1)[f] = (thr - vb) / den2
-    c2.view(-1)[f] = (ub - thr) / den2
-    return c1, c2
 
 
 def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
