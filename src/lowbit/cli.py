@@ -18,17 +18,17 @@ from typing import Sequence
 
 # subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
-    "demo": "lowbit.experiments.demo",
-    "tour": "lowbit.experiments.tour",
-    "quantize": "lowbit.experiments.quantize_cmd",
-    "train": "lowbit.experiments.train_cmd",
-    "eval": "lowbit.experiments.eval_cmd",
-    "snn": "lowbit.snn.cli",
-    "export-c": "lowbit.targets.mcu.cli",
-    "export-onnx": "lowbit.targets.onnx_cli",
-    "cim": "lowbit.targets.cim_cli",
-    "share": "lowbit.algorithms.share_cli",
-    "quantize-checkpoint": "lowbit.experiments.quantize_checkpoint",
+    "demo": "lowbit.commands.demo",
+    "tour": "lowbit.commands.tour",
+    "quantize": "lowbit.commands.quantize",
+    "train": "lowbit.commands.train",
+    "eval": "lowbit.commands.eval",
+    "snn": "lowbit.commands.snn",
+    "export-c": "lowbit.commands.export_c",
+    "export-onnx": "lowbit.commands.export_onnx",
+    "cim": "lowbit.commands.cim",
+    "share": "lowbit.commands.share",
+    "quantize-checkpoint": "lowbit.commands.quantize_checkpoint",
 }
 
 

@@ -6,7 +6,7 @@ import argparse
 from ..api import load, quantized_layers, read_metadata
 from ..data import get_dataset, loader
 from ..train import evaluate
-from .cmd_common import add_common, setup
+from ._common import add_common, setup
 
 HELP = "evaluate a saved model (float, QAT or integer) on a dataset's test split"
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kmeans import kmeans_share
-from .stats import COUNTED, share_stats
-from .weight_fixing import weight_fixing
+from ..algorithms.kmeans import kmeans_share
+from ..algorithms.stats import COUNTED, share_stats
+from ..algorithms.weight_fixing import weight_fixing
 
 HELP = "weight sharing (k-means, weight fixing): accuracy, unique weights and entropy per method"
 
@@ -51,7 +51,7 @@ def _plot(path: Path, title: str, results: dict[str, nn.Module]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .stats import layer_weights
+    from ..algorithms.stats import layer_weights
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.6), squeeze=False)
     for ax, (name, model) in zip(axes[0], results.items()):

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ablation, print the table, write the report."""
-    from .ablation import AblationConfig, format_table, run_ablation, save_report
+    from ..snn.ablation import AblationConfig, format_table, run_ablation, save_report
 
     try:
         mult = {int(b): float(m) for b, m in (item.split("=") for item in args.thr_multiplier)}
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.trainer == "eventprop":
-        from .eventprop_train import eventprop_ablation
+        from ..snn.eventprop_train import eventprop_ablation
 
         res = eventprop_ablation(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
                                  hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,

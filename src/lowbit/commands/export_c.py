@@ -27,13 +27,13 @@ def run(args: argparse.Namespace) -> int:
     """Lower, check the budgets, write the C files, print the memory report (and accuracies)."""
     import torch
 
-    from ...api import load, read_metadata
-    from ...data import get_dataset
-    from ...train import seed_everything
-    from . import reference
-    from .export import export_program
-    from .lower import lower
-    from .report import memory_report, parse_bytes
+    from ..api import load, read_metadata
+    from ..data import get_dataset
+    from ..train import seed_everything
+    from ..targets.mcu import reference
+    from ..targets.mcu.export import export_program
+    from ..targets.mcu.lower import lower
+    from ..targets.mcu.report import memory_report, parse_bytes
 
     seed_everything(args.seed)
     if args.calib_samples < 1:

@@ -23,7 +23,7 @@ from ..data import get_dataset, loader
 from ..models import build_model, model_names
 from ..quantizer import quantizer
 from ..train import evaluate, fit, seed_everything
-from .cmd_common import add_common, setup
+from ._common import add_common, setup
 
 HELP = "the main job: train on digits, then PTQ and QAT at 8/4/3/2 bits; accuracy table and plots"
 

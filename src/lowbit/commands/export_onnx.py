@@ -22,7 +22,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit export-onnx``."""
-    from .onnx_export import DEFAULT_OPSET, WEIGHT_FORMATS
+    from ..targets.onnx_export import DEFAULT_OPSET, WEIGHT_FORMATS
 
     p.add_argument("model", help="a model saved by lowbit (lowbit train / quantize / demo, or lowbit.save)")
     p.add_argument("output", help="the ONNX file to write (written atomically)")
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the model, export it, and print what was written."""
     from ..api import load, read_metadata
-    from .onnx_export import export_onnx, onnx_ops, run_onnx
+    from ..targets.onnx_export import export_onnx, onnx_ops, run_onnx
 
     meta = read_metadata(args.model)
     shape = args.input_shape

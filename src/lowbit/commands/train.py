@@ -9,7 +9,7 @@ from ..api import prepare_qat, save
 from ..data import get_dataset, loader
 from ..models import build_model, model_names
 from ..train import evaluate, fit, seed_everything
-from .cmd_common import add_common, setup
+from ._common import add_common, setup
 
 HELP = "train a reference model (float, or quantization-aware with --qat) and save a checkpoint"
 

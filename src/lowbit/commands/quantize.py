@@ -7,7 +7,7 @@ from pathlib import Path
 from ..api import convert, load, quantize, read_metadata, save
 from ..data import get_dataset, loader
 from ..train import evaluate
-from .cmd_common import add_common, setup
+from ._common import add_common, setup
 
 HELP = "post-training quantization of a saved float model (calibrate, convert, save the integer model)"
 
