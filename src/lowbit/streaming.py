@@ -411,6 +411,9 @@ def quantize_checkpoint(
     items = _plan(entries, q, min_numel, quantize_1d)
     if not items:
         raise ValueError(f"{src_p} holds no tensors")
+    if not any(it.quantize for it in items):  # an unquantized copy must not pass for a quantized file
+        why = "; ".join(f"{it.src.name}: {it.reason}" for it in items[:3])
+        raise ValueError(f"spec {spec!r} applies to no tensor of {src_p} ({why}{'; ...' if len(items) > 3 else ''})")
     flat = [k for it in items for k in it.keys]
     index = {it.src.name: it.meta for it in items}
     metadata = {_MAGIC: FILE_VERSION, "index": json.dumps(index, sort_keys=True), "lowbit.spec": str(parsed),
