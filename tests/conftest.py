@@ -16,6 +16,19 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _same_start_for_every_test():
+    """Every test, and every fixture built after it, starts from one thread and one global seed."""
+    # Commands run in-process set torch's thread count (--threads) and seed the global RNG
+    # (--seed); without this, a result would depend on which tests ran before it. Teardown
+    # resets too, because module fixtures are built before the next test's own set-up runs.
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits, 80/20 stratified split, seed 0."""

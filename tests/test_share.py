@@ -282,10 +282,20 @@ def test_a_shared_model_loads_in_a_fresh_process(tmp_path):
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         want = shared(x)
+    # Bit-equal float logits across processes hold only with the same kernels and the same
+    # thread split (float sums depend on it): the child inherits the environment (hence
+    # ATEN_CPU_CAPABILITY) and pins one thread, as conftest does for this process.
+    assert torch.get_num_threads() == 1
     code = (
         "import sys, torch, lowbit\n"
+        "torch.set_num_threads(1)\n"
         f"m = lowbit.load({str(path)!r}); x = torch.load({str(tmp_path / 'x.pt')!r})\n"
-        "with torch.no_grad(): torch.save(m(x), sys.argv[1])\n"
+        "with torch.no_grad(): torch.save((m(x), m.state_dict()), sys.argv[1])\n"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "y.pt")], check=True, capture_output=True, timeout=120)
-    assert torch.equal(torch.load(tmp_path / "y.pt"), want)
+    got, state = torch.load(tmp_path / "y.pt")
+    # the loaded weights are the shared ones, bit for bit (no float arithmetic involved) ...
+    assert state.keys() == shared.state_dict().keys()
+    assert all(torch.equal(v, shared.state_dict()[k]) for k, v in state.items())
+    # ... so the same kernels on the same thread count give the same logits, bit for bit
+    assert torch.equal(got, want)
