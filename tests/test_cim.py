@@ -215,7 +215,7 @@ def test_digital_layers_and_missing_integer_inputs() -> None:
 def test_cli_prints_the_table(tmp_path, capsys) -> None:
     from lowbit.cli import main
 
-    common = ["--cells", "1", "--adc", "6", "--variation", "0", "--out", str(tmp_path), "--no-plot"]
+    common = ["--cells", "1", "--adc", "6", "--variation", "0", "--out", str(tmp_path), "--no-plots"]
     saved = str(tmp_path / "m.lowbit")
     rc = main(["cim", "--arch", "mlp", "--epochs", "1", "--save", saved, *common])
     out = capsys.readouterr().out

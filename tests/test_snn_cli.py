@@ -10,7 +10,7 @@ TINY = ["snn", "--bits", "2", "--epochs", "2", "--qat-epochs", "1", "--samples",
 
 
 def test_snn_command_table_report_and_determinism(tmp_path, capsys):
-    assert main(TINY + ["--seed", "1", "--report-dir", str(tmp_path / "a")]) == 0
+    assert main(TINY + ["--seed", "1", "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     for row in ("| FP32 |", "| PTQ | weights only |", "| QAT | weights only |", "| SQUAT | uniform |",
                 "| SQUAT | thr |", "| QAT+SQUAT | uniform |", "| QAT+SQUAT | thr |"):
@@ -20,14 +20,14 @@ def test_snn_command_table_report_and_determinism(tmp_path, capsys):
     res_a = json.loads((tmp_path / "a" / "ablation.json").read_text())
     assert len(res_a["rows"]) == 2 + 8  # FP32, FP32 fine-tuned, 8 quantized variants per bit width
     assert "| FP32 fine-tuned |" in out
-    assert main(TINY + ["--seed", "1", "--no-plot", "--report-dir", str(tmp_path / "b")]) == 0
+    assert main(TINY + ["--seed", "1", "--no-plots", "--out", str(tmp_path / "b")]) == 0
     res_b = json.loads((tmp_path / "b" / "ablation.json").read_text())
     assert [r["acc"] for r in res_a["rows"]] == [r["acc"] for r in res_b["rows"]]
     assert not (tmp_path / "b" / "state_levels.png").exists()
 
 
 def test_snn_command_bad_bits(capsys):
-    assert main(["snn", "--bits", "1", "--no-plot"]) == 2
+    assert main(["snn", "--bits", "1", "--no-plots"]) == 2
     assert "bits" in capsys.readouterr().err
 
 
@@ -39,20 +39,21 @@ def test_snn_command_rejects_unknown_choice(flag):
 
 @pytest.mark.parametrize("value", ["4=x", "4", "4=1.5"])
 def test_snn_command_rejects_bad_thr_multiplier(value, capsys):
-    assert main(["snn", "--thr-multiplier", value, "--no-plot"]) == 2
+    assert main(["snn", "--thr-multiplier", value, "--no-plots"]) == 2
     assert "multiplier" in capsys.readouterr().err
 
 
-def test_snn_command_with_the_eventprop_trainer(capsys):
+def test_snn_command_with_the_eventprop_trainer(tmp_path, capsys):
     """`lowbit snn --trainer eventprop` trains with EventProp and prints float / PTQ / QAT rows, deterministically."""
     import re
 
     from lowbit.cli import main
 
     argv = ["snn", "--trainer", "eventprop", "--bits", "8", "--epochs", "2", "--qat-epochs", "1", "--hidden", "16",
-            "--samples", "30", "--classes", "3", "--steps", "20", "--seed", "0"]
+            "--samples", "30", "--classes", "3", "--steps", "20", "--seed", "0", "--out", str(tmp_path)]
     assert main(argv) == 0
     first = capsys.readouterr().out
+    assert (tmp_path / "eventprop.md").read_text().count("| EventProp (exp readout) |") == 3  # --out honoured
     rows = re.findall(r"^\| EventProp \(exp readout\) \| (.+?) \| ([\d.]+) \|$", first, re.M)
     assert [r[0].split()[0] for r in rows] == ["float", "PTQ", "QAT"]
     assert all(0.0 <= float(r[1]) <= 100.0 for r in rows)

@@ -1,17 +1,23 @@
-"""``lowbit cim``: accuracy of a W4A4 DoReFa/PACT model on simulated RRAM crossbars (cells x ADC x variation)."""
+"""``lowbit cim``: accuracy of a W4A4 DoReFa/PACT model on simulated RRAM crossbars (cells x ADC x variation).
+
+The command trains (or loads) the model; :mod:`lowbit.targets.cim` only simulates a model it is given.
+"""
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-HELP = "accuracy of a W4A4 DoReFa/PACT digits model on simulated RRAM crossbars (cell bits x ADC bits x variation)"
+from ..fileio import write_text
+from ._common import (add_data, add_no_plots, add_out, add_progress, add_seed, add_threads, data_packages, load_model,
+                      model_arch, pyplot, save_figure, setup)
+
+HELP = "accuracy of a W4A4 DoReFa/PACT model on simulated RRAM crossbars (cell bits x ADC bits x variation)"
 
 QAT_CONFIG = "*=dorefa4,a:*=uint4:pact,fold_bn=false"
 PACT_ALPHA_INIT = 3.0
@@ -31,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", help="write the trained QAT model here (lowbit.save) for later --model runs")
     parser.add_argument("--arch", default="vgg", choices=("vgg", "mlp"), help="reference model to train (default vgg)")
     parser.add_argument("--epochs", type=int, default=10, help="QAT epochs when training (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for training and for the device draws")
+    add_data(parser)
+    add_seed(parser, "seed for training and for the device draws")
+    add_threads(parser)
+    add_progress(parser)
     parser.add_argument("--cells", type=_ints, default=[1, 2], help="cell bits to sweep (default 1,2)")
     parser.add_argument("--adc", type=_ints, default=[4, 5, 6, 8], help="ADC bits to sweep (default 4,5,6,8)")
     parser.add_argument("--variation", type=_floats, default=[0.0, 0.05, 0.10], help="conductance variation (default 0,0.05,0.1)")
@@ -42,8 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-off", type=float, default=math.inf, help="on/off conductance ratio (default inf)")
     parser.add_argument("--digital", default="features.0,classifier",
                         help="comma-separated layer patterns kept digital (default: first layer and classifier)")  # fmt: skip
-    parser.add_argument("--out", default="reports/cim", help="folder for the plot and table (default reports/cim)")
-    parser.add_argument("--no-plot", action="store_true", help="skip the plot")
+    add_out(parser, "reports/cim", "folder for the table and plot")
+    add_no_plots(parser)
+
+
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """The reader of ``--data`` and matplotlib unless ``--no-plots``."""
+    return data_packages(args.data) + (() if args.no_plots else ("matplotlib",))
 
 
 def use_dorefa(model: nn.Module) -> nn.Module:
@@ -59,22 +73,22 @@ def use_dorefa(model: nn.Module) -> nn.Module:
     return model
 
 
-def qat_model(arch: str, epochs: int, seed: int) -> nn.Module:
-    """Train a W4A4 DoReFa-weight / PACT-activation model on digits (seeded)."""
+def qat_model(arch: str, epochs: int, seed: int, data: Any = None) -> nn.Module:
+    """Train a W4A4 DoReFa-weight / PACT-activation model on ``data`` (a Dataset; default digits), seeded."""
     import lowbit
-    from lowbit.data.images import load_digits, loader
+    from lowbit.data import get_dataset, loader
     from lowbit.models import build_model
     from lowbit.nn.act import PACT
     from lowbit.train import fit, seed_everything
 
     seed_everything(seed)
-    ds = load_digits(seed=0)
+    ds = data if data is not None else get_dataset("digits")
     kw = {"widths": (16, 32)} if arch == "vgg" else {}
     model = use_dorefa(lowbit.prepare_qat(build_model(arch, ds.input_shape, ds.num_classes, seed=seed, **kw), QAT_CONFIG))
     for m in model.modules():
         if isinstance(m, PACT):
             m.alpha.data.fill_(PACT_ALPHA_INIT)  # post-BN activations are ~N(0, 1): 10 (the paper's) wastes steps
-    fit(model, loader(ds.train, 64, shuffle=True, seed=seed), epochs=epochs, lr=3e-3, pact_lambda=1e-4, progress=False)
+    fit(model, loader(ds.train, 64, shuffle=True, seed=seed), epochs=epochs, lr=3e-3, pact_lambda=1e-4, desc=f"qat {arch}")
     return model.eval()
 
 
@@ -83,12 +97,12 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return 100.0 * float((model(x).argmax(1) == y).float().mean())
 
 
-def sweep(model: nn.Module, args: argparse.Namespace) -> tuple[float, dict[tuple[int, int, float], float]]:
-    """Software accuracy and the crossbar accuracy per (cell bits, ADC bits, variation)."""
-    from lowbit.data.images import load_digits
+def sweep(model: nn.Module, args: argparse.Namespace, data: Any = None) -> tuple[float, dict[tuple[int, int, float], float]]:
+    """Software accuracy and the crossbar accuracy per (cell bits, ADC bits, variation) on ``data``'s test split."""
+    from lowbit.data import get_dataset
     from lowbit.targets.cim import CrossbarConfig, simulate
 
-    x, y = load_digits(seed=0).test.tensors
+    x, y = (data if data is not None else get_dataset("digits")).test.tensors
     digital = [p for p in args.digital.split(",") if p.strip()]
     soft = _accuracy(model, x, y)
     table: dict[tuple[int, int, float], float] = {}
@@ -115,47 +129,32 @@ def markdown(soft: float, table: dict[tuple[int, int, float], float], variations
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for everyone
-    os.replace(tmp, path)
-
-
-def plot(soft: float, table: dict[tuple[int, int, float], float], path: Path) -> None:
-    """Accuracy vs ADC bits, one line per cell size and variation (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+def plot(soft: float, table: dict[tuple[int, int, float], float], path: Path, title: str = "W4A4 model") -> None:
+    """Accuracy vs ADC bits, one line per cell size and variation (matplotlib Agg), written atomically."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, cell in enumerate(dict.fromkeys(c for c, _, _ in table)):
         for var, style in zip(dict.fromkeys(v for _, _, v in table), ("-", "--", ":", "-.")):
             bits = [b for c, b, v in table if c == cell and v == var]
             ax.plot(bits, [table[(cell, b, var)] for b in bits], style, color=f"C{i}", marker="o",
                     label=f"{cell}-bit cell, σ={var:.0%}")  # fmt: skip
     ax.set_xticks(sorted({b for _, b, _ in table}))
-    ax.axhline(soft, color="k", lw=0.8, label="software")
-    ax.set(xlabel="ADC bits", ylabel="test accuracy (%)", title="W4A4 digits model on RRAM crossbars")
-    ax.legend(fontsize=7)
+    ax.axhline(soft, color="k", lw=0.8, ls="--", label=f"software ({soft:.2f} %)")
+    ax.set(xlabel="ADC bits", ylabel="test accuracy (%)", title=f"{title} on simulated RRAM crossbars")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="cell bits, conductance variation", title_fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train or load the model, sweep the crossbar settings, print the table, save the plot."""
+    """Train or load the model, sweep the crossbar settings, print the table, write it, then the plot."""
     import lowbit
+    from lowbit.data import get_dataset
+    from lowbit.targets.cim import CrossbarConfig
     from lowbit.train import seed_everything
 
-    from lowbit.targets.cim import CrossbarConfig
-
+    setup(args)
     if args.trials < 1 or args.epochs < 1:
         raise ValueError("--trials and --epochs must be >= 1")
     for cell in args.cells:  # bad settings fail now, not after training
@@ -164,22 +163,23 @@ def run(args: argparse.Namespace) -> int:
                 CrossbarConfig(cell_bits=cell, rows=args.rows, adc_bits=bits, on_off_ratio=args.on_off, variation=var)
     t0 = time.perf_counter()
     if args.model:
-        if not Path(args.model).exists():
-            raise FileNotFoundError(f"--model {args.model}: no such file")
-        model = use_dorefa(lowbit.load(args.model)).eval()
+        model, meta, ds = load_model(args.model, args.data)
+        model = use_dorefa(model).eval()
+        arch = (model_arch(meta) or {}).get("name", "model")
     else:
-        model = qat_model(args.arch, args.epochs, args.seed)
+        ds = get_dataset(args.data)
+        model = qat_model(args.arch, args.epochs, args.seed, ds)
+        arch = args.arch
         if args.save:
-            lowbit.save(model, args.save)
+            lowbit.save(model, args.save, metadata={"lowbit.data": args.data, "lowbit.seed": str(args.seed)})
     t1 = time.perf_counter()
     seed_everything(args.seed)
-    soft, table = sweep(model, args)
+    soft, table = sweep(model, args, ds)
     text = markdown(soft, table, args.variation)
     print(text)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "cim_table.md", text + "\n")
-    if not args.no_plot:
-        plot(soft, table, out / "cim_accuracy.png")
+    write_text(out / "cim_table.md", text + "\n")
+    if not args.no_plots:
+        plot(soft, table, out / "cim_accuracy.png", f"W4A4 {arch} ({ds.name}, seed {args.seed})")
     print(f"\ntrain/load {t1 - t0:.1f} s, sweep {time.perf_counter() - t1:.1f} s; table and plot in {out}/")
     return 0

@@ -23,7 +23,8 @@ from ..data import get_dataset, loader
 from ..models import build_model, model_names
 from ..quantizer import quantizer
 from ..train import evaluate, fit, seed_everything
-from ._common import add_common, setup
+from ..fileio import write_text
+from ._common import add_common, add_no_plots, add_out, data_packages, parse_ints, pyplot, save_figure, setup
 
 HELP = "the main job: train on digits, then PTQ and QAT at 8/4/3/2 bits; accuracy table and plots"
 
@@ -50,8 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default="8,4,3,2", help="comma-separated bit widths (default: 8,4,3,2)")
     p.add_argument("--epochs", type=int, default=15, help="float training epochs (default: 15)")
     p.add_argument("--qat-epochs", type=int, default=5, help="QAT epochs per bit width (default: 5)")
-    p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
-    p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
+    add_out(p, "reports/demo", "report folder")
+    add_no_plots(p)
+
+
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """Packages this run needs: the dataset's reader and matplotlib unless ``--no-plots``."""
+    return data_packages(args.data) + (() if args.no_plots else ("matplotlib",))
 
 
 def _config(template: str, bits: int) -> str | None:
@@ -74,51 +80,56 @@ def _table(results: dict[str, dict[int, float]], bits: list[int], float_acc: flo
     return "\n".join(lines)
 
 
-def _plots(out: Path, model: nn.Module, results: dict[str, dict[int, float]], bits: list[int], float_acc: float) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plots(out: Path, model: nn.Module, results: dict[str, dict[int, float]], bits: list[int], float_acc: float,
+           title: str) -> list[str]:
     import copy
 
     from ..nn.fold import fold_bn
 
+    plt = pyplot()
     folded = copy.deepcopy(model).eval()
     fold_bn(folded)
     weighted = [n for n, m in folded.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     name = weighted[1] if len(weighted) > 1 else weighted[0]  # the second layer: a typical hidden one
     w = folded.get_submodule(name).weight.detach().flatten()
     panel_bits = [b for b in (4, 3, 2) if b in bits] or bits[:1]
-    fig, axes = plt.subplots(1, len(panel_bits), figsize=(5 * len(panel_bits), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panel_bits), figsize=(5 * len(panel_bits), 3.8), squeeze=False)
     for ax, b in zip(axes[0], panel_bits):
         q = quantizer(f"int{b}:tensor:mse")
         q.fit(w)
         levels = q.fmt.levels * q.scale
-        ax.hist(w.numpy(), bins=120, color="#4c72b0", alpha=0.8)
-        for lv in levels.tolist():
-            ax.axvline(lv, color="#dd5555", lw=0.8)
-        ax.set_title(f"{name} weights (BN folded), int{b} MSE levels")
-        ax.set_xlabel("weight")
-    axes[0][0].set_ylabel("count")
+        ax.hist(w.numpy(), bins=120, color="#4c72b0", alpha=0.8, label="float weights")
+        for i, lv in enumerate(levels.tolist()):
+            ax.axvline(lv, color="#dd5555", lw=0.8, label=f"int{b} levels" if i == 0 else None)
+        ax.set_title(f"int{b} (per tensor, MSE range): {len(levels)} levels", fontsize=9)
+        ax.set_xlabel("weight value")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0][0].set_ylabel("number of weights")
+    fig.suptitle(f"{title}: layer {name} weights (BN folded) and the quantization levels", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "weights_hist.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "weights_hist.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, row in results.items():
-        bs = [b for b in bits if b in row]
-        ax.plot(bs, [row[b] for b in bs], marker="o", label=method)
-    ax.axhline(float_acc, color="k", ls="--", lw=1, label="float")
-    ax.set_xlabel("weight bits")
+    # left: every method over the full range; right: the same lines zoomed to 90-100 %, where methods differ
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 4.4))
+    lows = [float_acc] + [v for r in results.values() for v in r.values()]
+    for a in (ax, zoom):
+        for i, (method, row) in enumerate(results.items()):
+            bs = [b for b in bits if b in row]
+            a.plot(bs, [row[b] for b in bs], marker="o", color=f"C{i}", label=method)
+        a.axhline(float_acc, color="k", ls="--", lw=1, label=f"float ({float_acc:.2f} %)")
+        a.set_xlabel("weight bits")
+        a.set_xticks(sorted(bits))
+        a.invert_xaxis()  # fewer bits to the right: accuracy falls as you read
+        a.grid(alpha=0.3)
+    ax.set_ylim(max(0.0, min(lows) - 5), 100.5)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_xticks(bits)
-    ax.set_ylim(max(0, min([float_acc] + [v for r in results.values() for v in r.values()]) - 5), 100)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    ax.set_title("all methods", fontsize=9)
+    zoom.set_ylim(90, 100.2)
+    zoom.set_title("zoom: 90-100 %", fontsize=9)
+    zoom.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{title}: test accuracy vs weight bits (PTQ and QAT)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_bits.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy_vs_bits.png")
     return ["weights_hist.png", "accuracy_vs_bits.png"]
 
 
@@ -126,21 +137,20 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; print the table; write the report folder."""
     setup(args)
     t_start = time.perf_counter()
-    try:
-        bits = [int(b) for b in args.bits.split(",")]
-    except ValueError:
-        raise ValueError(f"--bits must be comma-separated integers such as 8,4,3,2, got {args.bits!r}") from None
-    if not bits or any(not 1 <= b <= 16 for b in bits):
-        raise ValueError(f"--bits must hold bit widths in 1..16, got {args.bits!r}")
+    bits = parse_ints(args.bits, "--bits", 1, 16)
+    for name in ("epochs", "qat_epochs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ds = get_dataset(args.data)
+    out.mkdir(parents=True, exist_ok=True)
     train = loader(ds.train, 64, shuffle=True, seed=args.seed)
     test = loader(ds.test, 256)
     model = build_model(args.model, ds.input_shape, ds.num_classes)
     hist = fit(model, train, epochs=args.epochs, lr=3e-3, desc="float")
     float_acc = evaluate(model, test)
-    save(model, out / "float.lowbit", metadata={"lowbit.data": args.data})
+    tags = {"lowbit.data": args.data, "lowbit.seed": str(args.seed)}
+    save(model, out / "float.lowbit", metadata=tags)
     print(f"float {args.model} on {ds.name}: {float_acc:.2f} % ({hist.time_per_step * 1e3:.1f} ms/step)")
 
     results: dict[str, dict[int, float]] = {}
@@ -162,19 +172,20 @@ def run(args: argparse.Namespace) -> int:
             im = convert(qm)
             results.setdefault(method, {})[b] = evaluate(im, test)
             if b == 4 and method.startswith("QAT LSQ"):
-                save(im, out / "w4_qat_int.lowbit", metadata={"lowbit.data": args.data})
+                save(im, out / "w4_qat_int.lowbit", metadata=tags)
 
     table = _table(results, bits, float_acc)
     print()
     print(table)
-    files = [] if args.no_plots else _plots(out, model, results, bits, float_acc)
     wall = time.perf_counter() - t_start
-    (out / "results.md").write_text(
-        f"# lowbit demo ({ds.name}, {args.model}, seed {args.seed})\n\nTest accuracy (%), BN folded, "
-        f"weights quantized (A8 rows: 8-bit inputs too).\n\n{table}\n\nWall time {wall:.1f} s.\n"
-    )
-    (out / "results.json").write_text(json.dumps(
+    # the results first: a figure that fails must never cost the table
+    write_text(out / "results.md",
+               f"# lowbit demo ({ds.name}, {args.model}, seed {args.seed})\n\nTest accuracy (%), BN folded, "
+               f"weights quantized (A8 rows: 8-bit inputs too).\n\n{table}\n\nWall time {wall:.1f} s.\n")
+    write_text(out / "results.json", json.dumps(
         {"data": ds.name, "model": args.model, "seed": args.seed, "float": float_acc,
-         "results": {m: {str(b): a for b, a in r.items()} for m, r in results.items()}, "wall_s": wall}, indent=1))
+         "results": {m: {str(b): a for b, a in r.items()} for m, r in results.items()}, "wall_s": wall}, indent=1) + "\n")
+    title = f"{ds.name}, {args.model} (seed {args.seed})"
+    files = [] if args.no_plots else _plots(out, model, results, bits, float_acc, title)
     print(f"\nreport: {out}/ (results.md, results.json{''.join(', ' + f for f in files)}); {wall:.1f} s")
     return 0

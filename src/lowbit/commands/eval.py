@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..api import load, quantized_layers, read_metadata
-from ..data import get_dataset, loader
+from ..api import quantized_layers
+from ..data import loader
 from ..train import evaluate
-from ._common import add_common, setup
+from ._common import add_common, data_packages, load_model, setup
 
 HELP = "evaluate a saved model (float, QAT or integer) on a dataset's test split"
 
@@ -17,14 +17,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, data_from_checkpoint=True)
 
 
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """The reader of ``--data``."""
+    return data_packages(args.data)
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the test accuracy and the model's quantized layers."""
     setup(args)
-    meta = read_metadata(args.checkpoint)
-    data = args.data or meta.get("lowbit.data", "digits")
-    model = load(args.checkpoint)
-    acc = evaluate(model, loader(get_dataset(data).test, 256))
+    model, meta, ds = load_model(args.checkpoint, args.data)
+    acc = evaluate(model, loader(ds.test, 256))
     layers = quantized_layers(model)
     print(f"{args.checkpoint}: stage {meta.get('lowbit.stage')}, config {meta.get('lowbit.config') or '-'}, "
-          f"{len(layers)} quantized layers; test accuracy on {data}: {acc:.2f} %")
+          f"{len(layers)} quantized layers; test accuracy on {ds.name}: {acc:.2f} %")
     return 0

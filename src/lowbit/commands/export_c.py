@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_data, add_progress, add_seed, add_threads, data_packages, load_model, setup
+
 HELP = "export a saved quantized model as integer-only C (header + one source file) with a memory report"
 
 
@@ -10,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit export-c``."""
     p.add_argument("model", help="a quantized model written by lowbit.save (lowbit quantize / train --qat)")
     p.add_argument("--out", required=True, help="output folder for <name>.h and <name>.c (created; files replaced)")
-    p.add_argument("--data", default=None, help="dataset for calibration and the accuracy check (default: the one the model was saved with, else digits)")
+    add_data(p, from_checkpoint=True)
     p.add_argument("--calib-samples", type=int, default=512, help="training inputs used to calibrate activation ranges (default: 512)")
     p.add_argument("--shift", choices=("static", "dynamic"), default="static",
                    help="requantization: static per-layer shifts from calibration, or BitNetMCU's dynamic max-based shift")
@@ -20,22 +22,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="lowbit_model", help="file name stem (default: lowbit_model)")
     p.add_argument("--harness", action="store_true", help="also write <name>_main.c (stdin inputs -> stdout int32 logits)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split accuracy of the integer model")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_seed(p)
+    add_threads(p)
+    add_progress(p)
+
+
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """The reader of ``--data``."""
+    return data_packages(args.data)
 
 
 def run(args: argparse.Namespace) -> int:
     """Lower, check the budgets, write the C files, print the memory report (and accuracies)."""
     import torch
 
-    from ..api import load, read_metadata
-    from ..data import get_dataset
-    from ..train import seed_everything
     from ..targets.mcu import reference
     from ..targets.mcu.export import export_program
     from ..targets.mcu.lower import lower
     from ..targets.mcu.report import memory_report, parse_bytes
 
-    seed_everything(args.seed)
+    setup(args)
     if args.calib_samples < 1:
         raise ValueError(f"--calib-samples must be >= 1, got {args.calib_samples}")
     for opt in ("flash", "ram"):
@@ -44,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 parse_bytes(getattr(args, opt))  # a malformed budget fails before any work
             except ValueError as e:
                 raise ValueError(f"--{opt}: {e}") from None
-    meta = read_metadata(args.model)
-    data = args.data or meta.get("lowbit.data", "digits")
-    model = load(args.model)
-    ds = get_dataset(data)
+    model, _, ds = load_model(args.model, args.data)
     x_train = ds.train.tensors[0][: args.calib_samples]
     program = lower(model, x_train, shift=args.shift, ternary=args.ternary)
     report = memory_report(program)
@@ -60,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             fq = float((model(x).argmax(1) == y).float().mean()) * 100
         acc = reference.accuracy(program, x, y)
-        print(f"test accuracy on {data}: fake-quantized {fq:.2f} %, integer (C = NumPy reference) {acc:.2f} %")
+        print(f"test accuracy on {ds.name}: fake-quantized {fq:.2f} %, integer (C = NumPy reference) {acc:.2f} %")
     return 0

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
+from ._common import add_progress, add_seed, add_threads, check_finite, check_fits, data_packages, model_arch, setup
+
 HELP = "export a saved lowbit model to ONNX (QDQ graph; integer weights, codebooks as Gather) and check it in onnxruntime"
+REQUIRES = ("onnx",)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -36,7 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", action="store_true", help="do not run the graph in onnxruntime before writing it")
     p.add_argument("--data", default=None,
                    help="also compare onnxruntime with PyTorch on this dataset's test split (e.g. digits)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the example input (default: 0)")
+    add_seed(p, "random seed of the example input")
+    add_threads(p)
+    add_progress(p)
+
+
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """onnxruntime when the graph is run (verification or --data) and the reader of ``--data``."""
+    run_it = not args.no_verify or args.data
+    return (("onnxruntime",) if run_it else ()) + data_packages(args.data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,14 +54,25 @@ def run(args: argparse.Namespace) -> int:
     from ..api import load, read_metadata
     from ..targets.onnx_export import export_onnx, onnx_ops, run_onnx
 
+    setup(args)
+    if args.data and args.static_batch:
+        raise ValueError("--data needs a dynamic batch dimension; drop --static-batch")
     meta = read_metadata(args.model)
     shape = args.input_shape
     if shape is None:
-        arch = json.loads(meta["lowbit.arch"]) if "lowbit.arch" in meta else None
+        arch = model_arch(meta)
         if not arch:
             raise ValueError(f"{args.model} does not record its input shape: pass --input-shape C,H,W")
         shape = tuple(int(s) for s in arch["input_shape"])
+    check_fits(args.model, meta, shape, None, f"--input-shape {','.join(map(str, shape))}")
+    ds = None
+    if args.data:
+        from ..data import get_dataset
+
+        ds = get_dataset(args.data)
+        check_fits(args.model, meta, ds.input_shape, ds.num_classes, f"--data {args.data}")
     model = load(args.model).eval()
+    check_finite(model, args.model)
     gen = torch.Generator().manual_seed(args.seed)
     example = torch.rand((2, *shape), generator=gen)
     path = export_onnx(model, args.output, example, opset=args.opset, weight_format=args.weight_format,
@@ -60,12 +81,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({path.stat().st_size} bytes; stage {meta.get('lowbit.stage', '?')}, "
           f"config {meta.get('lowbit.config') or '-'}); operators: "
           + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())))
-    if args.data:
-        from ..data import get_dataset
-
-        if args.static_batch:
-            raise ValueError("--data needs a dynamic batch dimension; drop --static-batch")
-        x, y = get_dataset(args.data).test.tensors
+    if ds is not None:
+        x, y = ds.test.tensors
         with torch.no_grad():
             ref = model(x).numpy()
         got = run_onnx(path, x)

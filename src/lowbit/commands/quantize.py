@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..api import convert, load, quantize, read_metadata, save
-from ..data import get_dataset, loader
+from ..api import convert, quantize, save
+from ..config import QuantConfig
+from ..data import loader
 from ..train import evaluate
-from ._common import add_common, setup
+from ._common import add_common, add_out, data_packages, load_model, setup
 
 HELP = "post-training quantization of a saved float model (calibrate, convert, save the integer model)"
 
@@ -18,16 +19,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, data_from_checkpoint=True)
     p.add_argument("--config", default="w8", help="quantization config, e.g. 'w4', 'w4,a8', '*=int4:channel:mse,classifier=int8' (default: w8)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for activation ranges (default: 8)")
-    p.add_argument("--out", default=None, help="where to save the integer model (default: <checkpoint>.<config>.lowbit)")
+    add_out(p, None, "where to save the integer model (default: <checkpoint>.<config>.lowbit)")
+
+
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """The reader of ``--data``."""
+    return data_packages(args.data)
 
 
 def run(args: argparse.Namespace) -> int:
     """Quantize, convert, save; print float and quantized test accuracy."""
     setup(args)
-    meta = read_metadata(args.checkpoint)
-    data = args.data or meta.get("lowbit.data", "digits")
-    ds = get_dataset(data)
-    model = load(args.checkpoint)
+    QuantConfig.parse(args.config)  # a typo fails before the data is read
+    if args.calib_batches < 1:
+        raise ValueError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+    model, meta, ds = load_model(args.checkpoint, args.data)
+    data = args.data or meta.get("lowbit.data") or "digits"
     test = loader(ds.test, 256)
     calib = loader(ds.train, 64, shuffle=True, seed=args.seed)
     acc_f = evaluate(model, test)
@@ -35,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     acc_q = evaluate(qmodel, test)
     safe = "".join(c if c.isalnum() else "_" for c in args.config)
     out = args.out or str(Path(args.checkpoint).with_suffix("")) + f".{safe}.lowbit"
-    save(qmodel, out, metadata={"lowbit.data": data, "lowbit.accuracy": f"{acc_q:.4f}"})
+    save(qmodel, out, metadata={"lowbit.data": data, "lowbit.accuracy": f"{acc_q:.4f}", "lowbit.seed": str(args.seed)})
     print(f"float {acc_f:.2f} %  ->  {args.config}: {acc_q:.2f} %  ({acc_q - acc_f:+.2f} pt) -> {out}")
     return 0

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..streaming import quantize_checkpoint
+from ._common import add_progress, add_seed, add_threads, renamed, setup
 
 HELP = "quantize a safetensors checkpoint tensor by tensor (bounded memory, resumable) into a lowbit file"
+RESUMES = True  # an interrupted run leaves <dst>.partial, which the same command continues
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,19 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-1d", action="store_true", help="also quantize 1-D tensors (biases, norms); by default they are copied")
     p.add_argument("--restart", action="store_true", help="ignore a partial output from an interrupted run and start again")
     p.add_argument("--chunk-mb", type=float, default=8.0, help="float32 megabytes quantized at a time (default: 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when CI=true or not a terminal)")
+    add_seed(p, "random seed (rounding is deterministic; kept for the same options everywhere)")
+    add_threads(p)
+    add_progress(p)
+    renamed(p, "--no-progress", "--progress none", "no_progress", flag=True)
 
 
 def run(args: argparse.Namespace) -> int:
     """Quantize the checkpoint and print a one-line summary."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if getattr(args, "no_progress", False):
+        args.progress = "none"
+    setup(args)
     r = quantize_checkpoint(
         args.src, args.dst, args.spec, min_numel=args.min_numel, quantize_1d=args.quantize_1d,
-        resume=not args.restart, chunk_mb=args.chunk_mb, progress=False if args.no_progress else None,
+        resume=not args.restart, chunk_mb=args.chunk_mb, progress=False if args.progress == "none" else None,
     )
     resumed = f", {r.resumed} resumed from a partial run" if r.resumed else ""
     print(f"{args.src} -> {args.dst} ({args.spec}): {len(r.quantized)} tensors quantized, {len(r.copied)} copied{resumed}; "

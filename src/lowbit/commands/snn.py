@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
-import torch
+from ._common import add_no_plots, add_out, add_seed, add_threads, renamed, setup
 
 HELP = "train a recurrent SNN on Randman and print the FP32/PTQ/QAT/stateful-QAT ablation at 8/4/2 bits"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lowbit snn``."""
-    parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and shuffling (default 0)")
+    add_seed(parser, "seed for data, initialisation and shuffling")
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2], help="bit widths for weights and states")
     parser.add_argument("--epochs", type=int, default=12, help="float training epochs (default 12)")
     parser.add_argument("--qat-epochs", type=int, default=4, help="fine-tuning epochs of each QAT variant (default 4)")
@@ -30,10 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="percentiles of the float membrane distribution that bound calibrated states (default 2 98)")
     parser.add_argument("--thr-multiplier", nargs="*", default=["4=0.7"], metavar="BITS=M",
                         help="gap ratio of threshold-centred levels per bit width (default 4=0.7; others: snnTorch's)")
-    parser.add_argument("--report-dir", default="reports/snn", help="folder for the table and plot (default reports/snn)")
-    parser.add_argument("--no-plot", action="store_true", help="skip the state-level plot")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    add_out(parser, "reports/snn", "folder for the table, JSON and plot")
+    renamed(parser, "--report-dir", "--out", "out")
+    add_no_plots(parser)
+    add_threads(parser)
+    # a bare --progress (the old on/off flag) still means bars
+    parser.add_argument("--progress", nargs="?", const="bar", default="auto", choices=("auto", "bar", "lines", "none"),
+                        help="progress display: bar, one line per epoch (lines), none; auto = bar on a terminal, "
+                             "else lines (default: auto)")
     parser.add_argument("--trainer", choices=["bptt", "eventprop"], default="bptt",
                         help="bptt: surrogate-gradient BPTT ablation (FP/PTQ/QAT/SQUAT); "
                              "eventprop: exact EventProp gradients, weights only (default bptt)")
@@ -41,31 +47,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="EventProp output readout (default exp: exponentially weighted mean; ttfs: first spike time)")
 
 
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """matplotlib for the state-level plot (BPTT runs without ``--no-plots``)."""
+    return () if args.no_plots or args.trainer == "eventprop" else ("matplotlib",)
+
+
+def _eventprop(args: argparse.Namespace, out: Path) -> int:
+    from ..fileio import write_text
+    from ..snn.eventprop_train import eventprop_ablation
+
+    t0 = time.perf_counter()
+    res = eventprop_ablation(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
+                             hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,
+                             nb_classes=args.classes, dim_manifold=args.dim, alpha=args.alpha, scope=args.scope,
+                             readout=args.readout, log=lambda s: print(s, flush=True))
+    print(res["table"])
+    settings = {k: getattr(args, k) for k in ("seed", "bits", "epochs", "qat_epochs", "hidden", "units", "steps",
+                                             "samples", "classes", "dim", "alpha", "scope", "readout")}
+    write_text(out / "eventprop.md", f"# lowbit snn --trainer eventprop (Randman, seed {args.seed})\n\n{res['table']}\n")
+    write_text(out / "eventprop.json", json.dumps({"settings": settings, "rows": res["rows"]}, indent=1, default=float) + "\n")
+    print(f"report: {out / 'eventprop.md'}, {out / 'eventprop.json'}")
+    print(f"wall time: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the ablation, print the table, write the report."""
-    from ..snn.ablation import AblationConfig, format_table, run_ablation, save_report
+    """Run the ablation, print the table, write the report (table and JSON first, then the plot)."""
+    from ..snn.ablation import AblationConfig, format_table, plot_state_levels, run_ablation, save_report
 
     try:
         mult = {int(b): float(m) for b, m in (item.split("=") for item in args.thr_multiplier)}
     except ValueError:
         raise ValueError(f"--thr-multiplier takes BITS=M pairs, got {args.thr_multiplier}") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args)
+    out = Path(args.out)
     if args.trainer == "eventprop":
-        from ..snn.eventprop_train import eventprop_ablation
-
-        res = eventprop_ablation(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
-                                 hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,
-                                 nb_classes=args.classes, dim_manifold=args.dim, alpha=args.alpha, scope=args.scope,
-                                 readout=args.readout, log=lambda s: print(s, flush=True))
-        print(res["table"])
-        return 0
+        if any(b < 2 for b in args.bits):
+            raise ValueError(f"--bits must be >= 2, got {args.bits}")
+        return _eventprop(args, out)
     cfg = AblationConfig(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
                          hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,
                          nb_classes=args.classes, dim_manifold=args.dim, alpha=args.alpha, scope=args.scope,
                          state_range=args.state_range, state_pct=tuple(args.state_pct), thr_multiplier=mult)
+    cfg.validate()  # bad settings fail before training
     t0 = time.perf_counter()
-    res = run_ablation(cfg, log=lambda s: print(s, flush=True), progress=args.progress)
+    res = run_ablation(cfg, log=lambda s: print(s, flush=True), progress=False if args.progress == "none" else None)
     print()
     print(format_table(res))
     sr = res["state_range"]
@@ -75,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     f = steps.get("float", 0.0)
     if f:
         print("training step time vs float: " + ", ".join(f"{k} {v / f:.2f}x" for k, v in steps.items() if k != "float"))
-    files = save_report(res, args.report_dir, plot=not args.no_plot)
+    files = save_report(res, out, plot=False)
+    if not args.no_plots:
+        files["plot"] = plot_state_levels(res, out / "state_levels.png")
     print(f"report: {', '.join(str(p) for p in files.values())}")
     print(f"wall time: {time.perf_counter() - t0:.1f} s")
     return 0

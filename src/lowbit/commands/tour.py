@@ -8,6 +8,7 @@ import time
 import torch
 
 from ..quantizer import quantizer
+from ._common import add_progress, add_seed, add_threads, setup
 
 HELP = "quantize a seeded weight tensor with every format and print the error table"
 
@@ -69,7 +70,9 @@ def format_table(rows: list[dict[str, float | str]]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit tour``."""
-    p.add_argument("--seed", type=int, default=0, help="seed of the weight tensor (default 0)")
+    add_seed(p, "seed of the weight tensor")
+    add_threads(p)
+    add_progress(p)
     p.add_argument("--shape", type=int, nargs=2, default=(512, 1024), metavar=("OUT", "IN"),
                    help="weight shape (default 512 1024)")
     p.add_argument("--std", type=float, default=0.02, help="standard deviation of the weights (default 0.02)")
@@ -80,9 +83,12 @@ def run(args: argparse.Namespace) -> int:
     """Print the error table of every spec on one seeded Gaussian weight tensor."""
     if args.std <= 0 or min(args.shape) < 1:
         raise ValueError("--std must be > 0 and --shape positive")
+    setup(args)
+    specs = args.spec or available_specs()
+    for spec in specs:  # a typo fails before any work, with the spec parser's suggestion
+        quantizer(spec)
     g = torch.Generator().manual_seed(args.seed)
     w = torch.randn(*args.shape, generator=g) * args.std
-    specs = args.spec or available_specs()
     print(f"lowbit tour: N(0, {args.std}) weights of shape {tuple(args.shape)}, seed {args.seed}\n")
     print(format_table(error_table(w, specs)))
     return 0

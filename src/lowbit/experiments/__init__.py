@@ -1,1 +1,1 @@
-"""Sweeps, reports and the commands that run them."""
+"""Deprecated: the command modules moved to :mod:`lowbit.commands`; the modules here are aliases that warn."""

@@ -95,8 +95,11 @@ def _eval_clip(model: SNN, x: torch.Tensor, y: torch.Tensor, q: StateQuantizer |
     return acc, q.stop_tracking()
 
 
-def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, object]:
-    """Train and evaluate every variant; returns the config, the rows, timings and the FP membrane sample."""
+def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool | None = False) -> dict[str, object]:
+    """Train and evaluate every variant; returns the config, the rows, timings and the FP membrane sample.
+
+    ``progress``: False silent, None follows :func:`lowbit.progress.set_mode`, True shows progress.
+    """
     cfg.validate()
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -193,45 +196,59 @@ def plot_state_levels(result: dict[str, object], path: str | os.PathLike[str]) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from ..fileio import atomic_path
 
     mem = result["mem_sample"].flatten().numpy()  # type: ignore[union-attr]
     sr = result["state_range"]
-    bits = list(result["config"]["bits"])  # type: ignore[index]
-    fig, axes = plt.subplots(len(bits), 2, figsize=(11, 2.6 * len(bits)), squeeze=False, sharex=True)
+    cfg = result["config"]
+    bits = list(cfg["bits"])  # type: ignore[index]
+    fig, axes = plt.subplots(len(bits), 2, figsize=(11, 2.7 * len(bits) + 0.9), squeeze=False, sharex=True)
     lo = min(float(mem.min()), -sr["threshold"] * (1 + sr["lower_limit"]))  # type: ignore[index]
     hi = max(float(mem.max()), sr["threshold"] * (1 + sr["upper_limit"]))  # type: ignore[index]
     for i, b in enumerate(bits):
         for j, kind in enumerate(STATE_KINDS):
             ax = axes[i][j]
             ax.hist(mem, bins=200, range=(lo, hi), color="0.6", log=True)
-            mult = {int(k): v for k, v in result["config"]["thr_multiplier"].items()}.get(b) if kind == "thr" else None  # type: ignore[index]
+            mult = {int(k): v for k, v in cfg["thr_multiplier"].items()}.get(b) if kind == "thr" else None  # type: ignore[index]
             q = state_quantizer(kind, b, sr["threshold"], sr["lower_limit"], sr["upper_limit"], mult)  # type: ignore[index]
+            color = "tab:red" if kind == "thr" else "tab:blue"
             for v in q.levels.tolist():
-                ax.axvline(v, color="tab:red" if kind == "thr" else "tab:blue", lw=0.6, alpha=0.8)
+                ax.axvline(v, color=color, lw=0.6, alpha=0.8)
             ax.axvline(sr["threshold"], color="k", ls="--", lw=1)  # type: ignore[index]
             ax.set_title(f"{b}-bit {'threshold-centred' if kind == 'thr' else 'uniform'} ({len(q.levels)} levels)", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("samples (log scale)")
             if i == len(bits) - 1:
                 ax.set_xlabel("membrane potential (float network)")
-    fig.tight_layout()
+    handles = [Patch(color="0.6", label="float membrane potentials"),
+               Line2D([], [], color="tab:blue", lw=1, label="uniform state levels"),
+               Line2D([], [], color="tab:red", lw=1, label="threshold-centred state levels"),
+               Line2D([], [], color="k", ls="--", lw=1, label=f"threshold ({sr['threshold']:g})")]  # type: ignore[index]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"SNN state levels: Randman ({cfg['nb_classes']} classes), recurrent SNN with {cfg['hidden']} hidden "
+                 f"neurons, seed {cfg['seed']}", fontsize=10)  # type: ignore[index]
+    fig.tight_layout(rect=(0, 0.06 if len(bits) < 3 else 0.04, 1, 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
 def save_report(result: dict[str, object], folder: str | os.PathLike[str], plot: bool = True) -> dict[str, Path]:
-    """Write ``ablation.md``, ``ablation.json`` and (if ``plot``) ``state_levels.png`` into ``folder``."""
+    """Write ``ablation.md``, ``ablation.json`` and (if ``plot``) ``state_levels.png`` into ``folder``, tables first."""
+    from ..fileio import write_text
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     md = folder / "ablation.md"
-    md.write_text(format_table(result) + f"\n\nwall time: {result['wall_s']:.1f} s\n")
+    write_text(md, format_table(result) + f"\n\nwall time: {result['wall_s']:.1f} s\n")
     out["table"] = md
     js = folder / "ablation.json"
-    js.write_text(json.dumps({k: v for k, v in result.items() if k != "mem_sample"}, indent=1, default=float))
+    write_text(js, json.dumps({k: v for k, v in result.items() if k != "mem_sample"}, indent=1, default=float) + "\n")
     out["json"] = js
     if plot:
         out["plot"] = plot_state_levels(result, folder / "state_levels.png")
