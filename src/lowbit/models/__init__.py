@@ -8,10 +8,12 @@ from torch import nn
 
 from .mlp import MLP
 from .vgg import SmallVGG
+from .zoo import ZOO
 
 __all__ = ["MLP", "SmallVGG", "build_model", "build_from_arch", "model_names", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "vgg": SmallVGG}
+_MODELS.update({name: entry.factory for name, entry in ZOO.items()})  # the zoo (lowbit.models.zoo)
 
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:

@@ -1,0 +1,32 @@
+"""An LSTM sequence classifier: ``nn.Embedding`` -> ``nn.LSTM`` -> Linear on the last hidden state."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+__all__ = ["LSTMClassifier"]
+
+
+class LSTMClassifier(nn.Module):
+    """Token ids ``[batch, seq_len]`` -> embedding -> LSTM (batch first) -> ``fc`` on the final hidden state."""
+
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, vocab: int = 100, embed: int = 32, hidden: int = 32, layers: int = 1
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 1:
+            raise ValueError(f"input_shape must be (seq_len,), got {tuple(input_shape)}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if min(vocab, embed, hidden, layers) < 1:
+            raise ValueError(f"vocab, embed, hidden and layers must be >= 1, got {vocab}, {embed}, {hidden}, {layers}")
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Class logits."""
+        _, (h, _) = self.lstm(self.embed(tokens))
+        return self.fc(h[-1])
