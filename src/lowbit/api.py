@@ -27,7 +27,7 @@ import json
 import os
 import warnings
 from itertools import islice
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -122,7 +122,8 @@ def _prepare(model: nn.Module, config: object, inplace: bool) -> tuple[nn.Module
     return model, cfg
 
 
-def _inputs(batch: object) -> Tensor:
+def batch_inputs(batch: object) -> Tensor:
+    """The inputs of a batch: the tensor itself, or the first element of an (inputs, targets) tuple."""
     if isinstance(batch, Tensor):
         return batch
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
@@ -130,13 +131,22 @@ def _inputs(batch: object) -> Tensor:
     raise TypeError(f"calibration batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}")
 
 
+_inputs = batch_inputs  # the earlier private name
+
+
 def _act_quants(model: nn.Module) -> list[ActQuant]:
     return [m for m in model.modules() if isinstance(m, ActQuant)]
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[object], max_batches: int = 8) -> nn.Module:
-    """Fix the activation ranges of a quantized model from a few batches (inputs or (inputs, targets))."""
+def calibrate(
+    model: nn.Module, batches: Iterable[object], max_batches: int = 8, *, sync: Callable[[nn.Module], object] | None = None
+) -> nn.Module:
+    """Fix the activation ranges of a quantized model from a few batches (inputs or (inputs, targets)).
+
+    ``sync(model)`` runs after the observations and before the ranges freeze (distributed
+    calibration reduces the observations across ranks there).
+    """
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     aqs = [a for a in _act_quants(model) if not a.learned]
@@ -148,8 +158,10 @@ def calibrate(model: nn.Module, batches: Iterable[object], max_batches: int = 8)
     seen = 0
     try:
         for b in islice(batches, max_batches):
-            model(_inputs(b))
+            model(batch_inputs(b))
             seen += 1
+        if seen and sync is not None:
+            sync(model)
     finally:
         for a in aqs:
             if seen:
@@ -202,7 +214,7 @@ def prepare_qat(
         model.train()
         with torch.no_grad():
             for b in islice(calib, 4):
-                model(_inputs(b))  # seeds the moving averages / LSQ steps
+                model(batch_inputs(b))  # seeds the moving averages / LSQ steps
         model.train(was)
     model.train()
     model.lowbit_stage = "qat"  # type: ignore[assignment]

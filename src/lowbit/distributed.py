@@ -38,7 +38,6 @@ import hashlib
 import os
 import socket
 import tempfile
-import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -50,12 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from .api import _inputs
-from .nn.act import PACT, ActQuant, pact_penalty
+from .api import batch_inputs
+from .loop import Hook, LoopState, evaluate, run_epochs
+from .nn.act import PACT, ActQuant
 from .nn.lsq import LSQQuantizer
 from .quantizer import Quantizer
 from .ranges import MinMax
-from .train import History, evaluate, progress_enabled, seed_everything
+from .train import Checkpoint, History, PactPenalty, seed_everything
 
 __all__ = [
     "DistributedResult",
@@ -208,7 +208,7 @@ def calibrate_distributed(
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     model = _unwrap(model)
-    local = [_inputs(b) for b in islice(batches, max_batches)]
+    local = [batch_inputs(b) for b in islice(batches, max_batches)]
     n = torch.tensor([len(local)], device=_collective_device())
     if _world()[1] > 1:
         dist.all_reduce(n, dist.ReduceOp.MIN, group=group)  # every rank runs the same number of passes
@@ -220,22 +220,8 @@ def calibrate_distributed(
         mode = "reduce" if all(isinstance(a.q.range, MinMax) and a.q.granularity.kind == "tensor" for a in aqs) else "gather"
     if mode == "gather":
         return calibrate(model, [all_gather_cat(x, group) for x in local], max_batches)
-    was = model.training
-    model.eval()
-    for a in aqs:
-        a.q.reset()
-        a.tracking, a.calibrating = False, True
-    try:
-        for x in local:
-            model(x)
-        sync_observations(model, group)
-        for a in aqs:
-            a.freeze()
-    finally:
-        for a in aqs:
-            a.calibrating = False
-        model.train(was)
-    return model
+    # The same calibration as one process, with the observations reduced across ranks before the freeze.
+    return calibrate(model, local, len(local), sync=lambda m: sync_observations(m, group))
 
 
 # --------------------------------------------------------------------------- QAT range tracking
@@ -402,57 +388,23 @@ def _run(model: nn.Module, train: Dataset, test: Dataset | None, o: _Opts, devic
         for m in model.modules():
             if isinstance(m, ActQuant) and m.learned:
                 grad_hooks.append(m.q.scale.register_hook(lambda g: g * lsq_factor[0]))
+    shard = _Shard(train, epochs, rank, world, device, lsq_factor)
     opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-    hist = History()
-    show = (progress_enabled() if o.progress is None else o.progress) and rank == 0
+    hooks: list[Hook] = [shard, PactPenalty(model, o.pact_lambda)]
+    if test is not None:
+        hooks.append(_RankZeroAccuracy(model, test, rank, world, device))
+    if o.checkpoint is not None and rank == 0:
+        hooks.append(Checkpoint(model, o.checkpoint, dict(o.metadata, **{"lowbit.world_size": str(world)})))
     try:
-        for e, ep in enumerate(epochs):
-            net.train()
-            acc = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, samples
-            it: Iterable[Tensor] = ep
-            if show:
-                try:
-                    from tqdm import tqdm
-
-                    it = tqdm(ep, desc=f"{o.desc} {e + 1}/{o.epochs} (x{world})", leave=False)
-                except ImportError:  # pragma: no cover
-                    pass
-            for idx in it:
-                t0 = time.perf_counter()
-                part = idx.tensor_split(world)[rank]
-                lsq_factor[0] = (len(part) / len(idx)) ** 0.5
-                x, y = _collate(train, part)
-                x, y = x.to(device), y.to(device)
-                ce = F.cross_entropy(net(x), y, reduction="sum")
-                loss = ce * (world / len(idx))  # DDP averages: the gradient of the global mean
-                if o.pact_lambda > 0:
-                    loss = loss + o.pact_lambda * pact_penalty(model).to(loss.device)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                hist.step_time += time.perf_counter() - t0
-                hist.steps += 1
-                acc += torch.stack([ce.detach().double(), torch.tensor(float(len(part)), dtype=torch.float64, device=device)])
-            if world > 1:
-                dist.all_reduce(acc)
-            hist.loss.append(float(acc[0] / acc[1]))
-            if test is not None:
-                a = torch.tensor([_evaluate(model, test, device) if rank == 0 else 0.0], dtype=torch.float64, device=device)
-                if world > 1:
-                    dist.broadcast(a, 0)
-                hist.accuracy.append(float(a))
-            if o.checkpoint is not None and rank == 0:
-                from .api import save
-
-                meta = dict(o.metadata, **{"lowbit.epoch": str(e + 1), "lowbit.world_size": str(world)})
-                save(model, o.checkpoint, metadata=meta)
+        st = run_epochs(net, shard.batches, epochs=len(epochs), optimizer=opt, scheduler=sched, loss_fn=shard.loss,
+                        hooks=hooks, desc=f"{o.desc} (x{world})", progress=o.progress if rank == 0 else False)
     finally:
         if tracking is not None:
             tracking.remove()
         for h in grad_hooks:
             h.remove()
+    hist = History(loss=st.history["loss"], accuracy=st.history.get("accuracy", []), step_time=st.step_time, steps=st.steps)
     states: list[Any] = [(quantizer_state(model), _digest(model))]
     if world > 1:
         states = [None] * world
@@ -462,20 +414,61 @@ def _run(model: nn.Module, train: Dataset, test: Dataset | None, o: _Opts, devic
     return DistributedResult(model, hist, rank, world, [s for s, _ in states])
 
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, ds: Dataset, device: torch.device) -> float:
-    from torch.utils.data import DataLoader
+class _Shard(Hook):
+    """The sharding of the one loop: rank ``r`` takes its part of each global batch, and the loss is that of the global mean."""
 
-    if device.type == "cpu":
-        return evaluate(model, DataLoader(ds, batch_size=256))
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in DataLoader(ds, batch_size=256):
-        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
-        total += int(y.numel())
-    model.train(was)
-    return 100.0 * correct / max(1, total)
+    def __init__(self, ds: Dataset, epochs: list[list[Tensor]], rank: int, world: int, device: torch.device,
+                 lsq_factor: list[float]) -> None:
+        self.ds, self.epochs, self.rank, self.world, self.device = ds, epochs, rank, world, device
+        self.lsq_factor, self.global_n, self.ce = lsq_factor, 1, torch.zeros(())
+        self.acc = torch.zeros(2, dtype=torch.float64, device=device)
+
+    def batches(self, epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+        """This rank's part of every global batch of ``epoch``, on the device."""
+        for idx in self.epochs[epoch]:
+            part = idx.tensor_split(self.world)[self.rank]
+            self.global_n = len(idx)
+            self.lsq_factor[0] = (len(part) / len(idx)) ** 0.5
+            x, y = _collate(self.ds, part)
+            yield x.to(self.device), y.to(self.device)
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """The local cross-entropy sum scaled so that DDP's gradient average is the gradient of the global mean."""
+        self.ce = F.cross_entropy(out, y, reduction="sum")
+        return self.ce * (self.world / self.global_n)
+
+    def on_epoch_start(self, s: LoopState) -> None:
+        """Reset the loss sum."""
+        self.acc.zero_()
+
+    def on_step_end(self, s: LoopState) -> None:
+        """Add the batch's cross-entropy sum and sample count (before scaling and penalties)."""
+        n = torch.tensor(float(len(s.y)), dtype=torch.float64, device=self.device)
+        self.acc += torch.stack([self.ce.detach().double(), n])
+
+    def on_epoch_end(self, s: LoopState) -> None:
+        """The epoch's loss is the global mean cross-entropy (all ranks' sums)."""
+        if self.world > 1:
+            dist.all_reduce(self.acc)
+        s.history["loss"][-1] = float(self.acc[0] / self.acc[1])
+
+
+class _RankZeroAccuracy(Hook):
+    """After every epoch rank 0 evaluates on the test set (percent) and broadcasts it."""
+
+    def __init__(self, model: nn.Module, ds: Dataset, rank: int, world: int, device: torch.device) -> None:
+        self.model, self.ds, self.rank, self.world, self.device = model, ds, rank, world, device
+
+    def on_epoch_end(self, s: LoopState) -> None:
+        """Evaluate on rank 0; every rank records the same number."""
+        from torch.utils.data import DataLoader
+
+        acc = evaluate(self.model, DataLoader(self.ds, batch_size=256)) if self.rank == 0 else 0.0
+        a = torch.tensor([acc], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.broadcast(a, 0)
+        s.history.setdefault("accuracy", []).append(float(a))
+        s.notes.append(f"test {float(a):.1f} %")
 
 
 def _check_same(states: Sequence[tuple[dict[str, Tensor], str]]) -> None:

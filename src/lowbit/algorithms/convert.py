@@ -10,12 +10,13 @@ converted model (the codebook levels travel in the file).
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from ..codebooks import SHARED_SPEC, LearnedCodebook
+from ..formats import SHARED_SPEC, LearnedCodebook
+from ..loop import Hook, LoopState, run_epochs
 from ..nn.layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from ..quantizer import Quantizer
 from .stats import shared_layers
@@ -92,38 +93,36 @@ def check_loader(name: str, loader: object) -> None:
         raise ValueError(f"{name} gave no batches")
 
 
+class _Callbacks(Hook):
+    """An extra loss term and an after-step action given as plain callables."""
+
+    def __init__(self, extra_loss: Callable[[], Tensor] | None, after_step: Callable[[], object] | None) -> None:
+        self.extra, self.after = extra_loss, after_step
+
+    def extra_loss(self, s: LoopState) -> Tensor | None:
+        """The regulariser, if any."""
+        return self.extra() if self.extra is not None else None
+
+    def on_step_end(self, s: LoopState) -> None:
+        """The after-step action (e.g. a clamp), if any."""
+        if self.after is not None:
+            self.after()
+
+
 def train_loop(
-    forward: "nn.Module",
+    forward: nn.Module,
     params: list[nn.Parameter],
     loader: object,
     epochs: int,
     lr: float,
     *,
-    extra_loss: "object | None" = None,
-    after_step: "object | None" = None,
+    extra_loss: Callable[[], Tensor] | None = None,
+    after_step: Callable[[], object] | None = None,
     desc: str = "train",
     progress: bool | None = None,
 ) -> float:
-    """Adam + cross-entropy for ``epochs`` over ``loader`` (progress bar); returns the last epoch's mean loss."""
-    import torch.nn.functional as F
-
-    from ..train import _bar
-
+    """Adam + cross-entropy for ``epochs`` over ``loader`` (the one loop of :mod:`lowbit.loop`); returns the last epoch's mean loss."""
     opt = torch.optim.Adam(params, lr=lr)
-    forward.train()
-    mean = float("nan")
-    for ep in range(epochs):
-        tot, n = 0.0, 0
-        for x, y in _bar(loader, len(loader), f"{desc} {ep + 1}/{epochs}", progress):  # type: ignore[arg-type]
-            loss = F.cross_entropy(forward(x), y)
-            if extra_loss is not None:
-                loss = loss + extra_loss()  # type: ignore[operator]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if after_step is not None:
-                after_step()  # type: ignore[operator]
-            tot += float(loss.detach()) * len(y)
-            n += len(y)
-        mean = tot / max(1, n)
-    return mean
+    s = run_epochs(forward, loader, epochs=epochs, optimizer=opt, hooks=[_Callbacks(extra_loss, after_step)],  # type: ignore[arg-type]
+                   desc=desc, progress=progress)
+    return s.history["loss"][-1] if s.history["loss"] else float("nan")

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .eventprop import EP_LOSSES, EventPropSNN, eventprop_loss
-from .train import _check_training, evaluate
+from ..loop import run_epochs
+from .train import Validate, check_training, evaluate, shuffled_batches
 
 __all__ = ["train_eventprop", "eventprop_ablation"]
 
@@ -39,35 +40,19 @@ def train_eventprop(
     """
     if not isinstance(model, EventPropSNN):
         raise TypeError(f"model must be an EventPropSNN, got {type(model).__name__}")
-    _check_training(x, y, epochs, batch_size, lr)
+    check_training(x, y, epochs, batch_size, lr)
     if loss is None:  # the first-spike readout has its own loss
         loss = "ttfs" if model.cfg.ttfs else "ce"
     if loss not in EP_LOSSES:
         raise ValueError(f"loss must be one of {EP_LOSSES}, got {loss!r}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    hist: dict[str, list[float]] = {"loss": [], "train_acc": [], "val_acc": [], "epoch_s": []}
-    n = len(y)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(n, generator=g)
-        tot_loss = tot_ok = 0.0
-        t0 = time.perf_counter()
-        for s in range(0, n, batch_size):
-            idx = perm[s : s + batch_size]
-            out = model(x[idx])  # quantizes the current shadow weights (no lag)
-            lv = eventprop_loss(out, y[idx], loss)
-            opt.zero_grad(set_to_none=True)
-            lv.backward()
-            opt.step()
-            tot_loss += float(lv.detach()) * len(idx)
-            tot_ok += float((out.argmax(1) == y[idx]).sum())
-        hist["epoch_s"].append(time.perf_counter() - t0)
-        hist["loss"].append(tot_loss / n)
-        hist["train_acc"].append(tot_ok / n)
-        if x_val is not None and y_val is not None:
-            hist["val_acc"].append(evaluate(model, x_val, y_val))
-    return hist
+    # Each forward pass quantizes the current shadow weights (no lag); the adjoint pass is
+    # an autograd function, so the loop's ordinary backward runs it.
+    st = run_epochs(model, shuffled_batches(x, y, batch_size, seed), epochs=epochs, optimizer=opt, accuracy=True,
+                    loss_fn=lambda out, yb: eventprop_loss(out, yb, loss), hooks=[Validate(x_val, y_val)],
+                    desc="eventprop", progress=False)
+    h = st.history
+    return {"loss": h["loss"], "train_acc": h["train_acc"], "val_acc": h.get("val_acc", []), "epoch_s": h["epoch_s"]}
 
 
 def eventprop_ablation(

@@ -8,14 +8,14 @@ float shadow weights once per batch, and the optimizer steps the shadow weights
 from __future__ import annotations
 
 import math
-import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-__all__ = ["train", "evaluate", "predict", "record_membrane"]
+from ..loop import Hook, LoopState, count_correct, run_epochs
+
+__all__ = ["train", "evaluate", "predict", "record_membrane", "check_training", "shuffled_batches", "Validate"]
 
 
 def _check_xy(x: Tensor, y: Tensor, name: str = "x") -> None:
@@ -25,8 +25,8 @@ def _check_xy(x: Tensor, y: Tensor, name: str = "x") -> None:
         raise ValueError(f"labels must be a 1-D tensor with one label per sample of {name} ({len(x)})")
 
 
-def _check_training(x: Tensor, y: Tensor, epochs: object, batch_size: object, lr: object) -> None:
-    """The checks every SNN training loop makes on its data and hyper-parameters."""
+def check_training(x: Tensor, y: Tensor, epochs: object, batch_size: object, lr: object) -> None:
+    """The checks every SNN training loop makes on its data and hyper-parameters (a ValueError naming the argument)."""
     _check_xy(x, y)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
@@ -36,14 +36,37 @@ def _check_training(x: Tensor, y: Tensor, epochs: object, batch_size: object, lr
         raise ValueError(f"lr must be a positive number, got {lr!r}")
 
 
-def _progress(it, enabled: bool, **kw):  # type: ignore[no-untyped-def]
-    if not enabled:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, **kw)
+_check_training = check_training  # the earlier private name
+
+
+def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> Callable[[int], Iterator[tuple[Tensor, Tensor]]]:
+    """Per epoch, ``(x, y)`` batches in a fresh permutation drawn from one generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def epoch(_: int) -> Iterator[tuple[Tensor, Tensor]]:
+        perm = torch.randperm(len(y), generator=g)
+        for s in range(0, len(y), batch_size):
+            idx = perm[s : s + batch_size]
+            yield x[idx], y[idx]
+
+    return epoch
+
+
+class Validate(Hook):
+    """After every epoch: the accuracy (fraction) on ``(x, y)`` into ``history["val_acc"]``, then ``on_epoch(epoch, last values)``."""
+
+    def __init__(self, x: Tensor | None, y: Tensor | None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                 keys: tuple[str, ...] = ("loss", "train_acc", "val_acc")) -> None:
+        self.x, self.y, self.on_epoch, self.keys = x, y, on_epoch, keys
+
+    def on_epoch_end(self, s: LoopState) -> None:
+        """Evaluate (when validation data was given) and call back."""
+        if self.x is not None and self.y is not None:
+            acc = evaluate(s.model, self.x, self.y)
+            s.history.setdefault("val_acc", []).append(acc)
+            s.notes.append(f"val {100 * acc:.1f} %")
+        if self.on_epoch is not None:
+            self.on_epoch(s.epoch, {k: v[-1] for k, v in s.history.items() if k in self.keys and v})
 
 
 def train(
@@ -62,35 +85,13 @@ def train(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` (logits from [batch, time, features]) for ``epochs``; returns per-epoch loss, accuracy and step time."""
-    _check_training(x, y, epochs, batch_size, lr)
+    check_training(x, y, epochs, batch_size, lr)
     opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    hist: dict[str, list[float]] = {"loss": [], "train_acc": [], "val_acc": [], "step_s": []}
-    n = len(y)
-    for ep in _progress(range(epochs), progress, desc="epochs"):
-        model.train()
-        perm = torch.randperm(n, generator=g)
-        tot_loss = tot_ok = 0.0
-        t0 = time.perf_counter()
-        steps = 0
-        for s in range(0, n, batch_size):
-            idx = perm[s : s + batch_size]
-            logits = model(x[idx])
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_loss += float(loss.detach()) * len(idx)
-            tot_ok += float((logits.argmax(1) == y[idx]).sum())
-            steps += 1
-        hist["step_s"].append((time.perf_counter() - t0) / max(steps, 1))
-        hist["loss"].append(tot_loss / n)
-        hist["train_acc"].append(tot_ok / n)
-        if x_val is not None and y_val is not None:
-            hist["val_acc"].append(evaluate(model, x_val, y_val))
-        if on_epoch is not None:
-            on_epoch(ep, {k: v[-1] for k, v in hist.items() if v})
-    return hist
+    s = run_epochs(model, shuffled_batches(x, y, batch_size, seed), epochs=epochs, optimizer=opt, accuracy=True,
+                   hooks=[Validate(x_val, y_val, on_epoch, keys=("loss", "train_acc", "val_acc", "step_s"))],
+                   desc="snn", progress=progress)
+    h = s.history
+    return {"loss": h["loss"], "train_acc": h["train_acc"], "val_acc": h.get("val_acc", []), "step_s": h["step_s"]}
 
 
 @torch.no_grad()
@@ -106,9 +107,10 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Accuracy (fraction correct) of ``model`` on ``(x, y)``."""
+    """Accuracy as a *fraction* correct of ``model`` on ``(x, y)`` (the compatible form; :func:`lowbit.loop.evaluate` gives percent)."""
     _check_xy(x, y)
-    return float((predict(model, x, batch_size) == y).float().mean())
+    correct, total = count_correct(model, x, y, batch_size=batch_size)
+    return correct / total
 
 
 @torch.no_grad()
