@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, Iterator, TypeVar
+import contextlib
+from typing import Any, Iterable, Iterator, TypeVar
 
-__all__ = ["MODES", "set_mode", "get_mode", "resolved_mode", "track", "note"]
+__all__ = ["MODES", "set_mode", "get_mode", "resolved_mode", "track", "note", "counter", "Counter"]
 
 MODES = ("auto", "bar", "lines", "none")
 _T = TypeVar("_T")
@@ -72,3 +73,32 @@ def note(line: str, progress: bool | None = None) -> None:
     """Print one progress line (``lines`` mode only): one line per epoch or stage in logs."""
     if resolved_mode(progress) == "lines":
         print(line, flush=True)
+
+
+class Counter:
+    """Progress counted in units (bytes, tensors) rather than iterations: ``update(n)``; a bar only in ``bar`` mode."""
+
+    def __init__(self, bar: Any = None) -> None:
+        self.bar, self.done = bar, 0
+
+    def update(self, n: int) -> None:
+        """Count ``n`` more units."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+
+@contextlib.contextmanager
+def counter(total: int, desc: str = "", unit: str = "it", progress: bool | None = None) -> Iterator[Counter]:
+    """A :class:`Counter` for the block (``unit="B"`` counts bytes in KiB/MiB); the bar is closed when the block ends."""
+    bar = None
+    if resolved_mode(progress) == "bar":
+        from tqdm import tqdm
+
+        scaled = unit == "B"
+        bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled, unit_divisor=1024 if scaled else 1000, leave=False)
+    try:
+        yield Counter(bar)
+    finally:
+        if bar is not None:
+            bar.close()

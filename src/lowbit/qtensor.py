@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -202,16 +201,15 @@ def save_qtensors(path: str | os.PathLike[str], tensors: Mapping[str, "QTensor |
         if k in header:
             raise ValueError(f"metadata key {k!r} is reserved")
         header[k] = str(v)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .fileio import save_with
+    from .safetensors_header import canonical
+
+    def write(tmp: Path) -> None:
+        save_file(flat, str(tmp), metadata=header)
+        # sorted header keys: equal inputs give equal bytes (the reference writer's order is a hash order)
+        tmp.write_bytes(canonical(tmp.read_bytes()))
+
+    save_with(path, write)
 
 
 def load_qtensors(path: str | os.PathLike[str], *, with_metadata: bool = False):  # type: ignore[no-untyped-def]

@@ -26,11 +26,11 @@ copied unquantized (byte for byte).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +39,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .fileio import FILE_MODE, atomic_write, write_text
 from .formats import Codebook, Uniform
 from .packing import packed_nbytes
+from .progress import counter, note
 from .qtensor import FILE_VERSION
 from .quantizer import Quantizer, parse_spec, quantizer
 
@@ -168,20 +170,13 @@ def write_safetensors_streaming(
             raise ValueError(f"tensor {n!r}: dtype {d} is not supported; use one of {sorted(map(str, _TORCH_DTYPES))}")
     sizes = [math.prod(s) * torch.empty(0, dtype=d).element_size() for _, d, s in items]
     head, _ = _header_bytes([(n, _TORCH_DTYPES[d], s, b) for (n, d, s), b in zip(items, sizes)], metadata or {})
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(head)
-            for (n, d, s), nb in zip(items, sizes):
-                t = make(n, d, s)
-                if t.dtype != d or tuple(t.shape) != s:
-                    raise ValueError(f"make({n!r}) returned {t.dtype} {tuple(t.shape)}, expected {d} {s}")
-                f.write(_tensor_bytes(t))
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(head)
+        for (n, d, s), nb in zip(items, sizes):
+            t = make(n, d, s)
+            if t.dtype != d or tuple(t.shape) != s:
+                raise ValueError(f"make({n!r}) returned {t.dtype} {tuple(t.shape)}, expected {d} {s}")
+            f.write(_tensor_bytes(t))
     return len(head) + sum(sizes)
 
 
@@ -342,28 +337,7 @@ def _load_state(state_path: Path) -> dict[str, object] | None:
 
 
 def _save_state(state_path: Path, state: Mapping[str, object]) -> None:
-    tmp = state_path.with_name(state_path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state_path)
-
-
-def _progress_enabled() -> bool:
-    return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("true", "1")
-
-
-def _bar(total: int, show: bool | None):  # type: ignore[no-untyped-def]
-    show = _progress_enabled() if show is None else show
-    if show:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="quantize", leave=False)
-        except ImportError:  # pragma: no cover - tqdm is optional
-            pass
-    return None
+    write_text(state_path, json.dumps(state))
 
 
 # --------------------------------------------------------------------------- the verb
@@ -453,7 +427,8 @@ def quantize_checkpoint(
     result = StreamResult(resumed=len(done), bytes_in=src_p.stat().st_size, bytes_out=total)
     state = {"version": _STATE_VERSION, "source": fingerprint, "header_sha256": out_sha, "done": sorted(done)}
     chunk_elems = max(8, int(chunk_mb * 2**20) // 4)
-    bar = _bar(sum(it.src.nbytes for it in items), progress)
+    stack = contextlib.ExitStack()  # closes the progress bar however the run ends
+    bar = stack.enter_context(counter(sum(it.src.nbytes for it in items), "quantize", "B", progress))
     last_save = time.monotonic()
     fd = os.open(partial, os.O_RDWR)
     out = os.fdopen(fd, "r+b")
@@ -473,8 +448,7 @@ def quantize_checkpoint(
             for it in items:
                 name = it.src.name
                 if name in done:
-                    if bar is not None:
-                        bar.update(it.src.nbytes)
+                    bar.update(it.src.nbytes)
                     (result.quantized.append(name) if it.quantize else result.copied.__setitem__(name, it.reason))
                     continue
                 if it.quantize:
@@ -508,8 +482,7 @@ def quantize_checkpoint(
                         left -= len(buf)
                     result.copied[name] = it.reason
                 done.add(name)
-                if bar is not None:
-                    bar.update(it.src.nbytes)
+                bar.update(it.src.nbytes)
                 if time.monotonic() - last_save > 1.0:
                     checkpoint()
                     last_save = time.monotonic()
@@ -521,6 +494,7 @@ def quantize_checkpoint(
         out.flush()
         os.fsync(out.fileno())
         out.close()
+        os.chmod(partial, FILE_MODE)  # an ordinary file for everyone, whatever the umask made of the partial one
         os.replace(partial, dst_p)
         state_path.unlink(missing_ok=True)
     except BaseException:
@@ -531,7 +505,8 @@ def quantize_checkpoint(
                 out.close()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        stack.close()
     result.seconds = time.perf_counter() - t0
+    note(f"quantize: {len(result.quantized)} tensors quantized, {len(result.copied)} copied, "
+         f"{result.bytes_in / 2**20:.1f} -> {result.bytes_out / 2**20:.1f} MiB in {result.seconds:.1f} s", progress=progress)
     return result

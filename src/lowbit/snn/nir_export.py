@@ -17,12 +17,12 @@ time: the graph metadata records them (``reset``, ``readout``, ``state_levels``)
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..fileio import save_with
 from .network import SNN
 from .neurons import LIF, RLIF
 
@@ -127,13 +127,5 @@ def export_nir(model: SNN, path: str | os.PathLike[str]) -> Path:
 
     graph = to_nir(model)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        nir.write(tmp, graph)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_with(path, lambda tmp: nir.write(str(tmp), graph))
     return path

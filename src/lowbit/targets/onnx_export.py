@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import operator
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fileio import write_bytes
 from ..formats import Codebook, Format, Uniform
 from ..nn.act import PACT, ActQuant
 from ..nn.layers import QuantLayer
@@ -586,21 +586,7 @@ def _version() -> str:
 def _write_atomic(data: bytes, path: Path) -> None:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the folder of the output path does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp's 0600 would make the model private to its writer
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data)
 
 
 def run_onnx(model: "str | os.PathLike[str] | Any", x: Tensor | np.ndarray, *, exact: bool = True, threads: int = 1) -> np.ndarray:

@@ -15,10 +15,9 @@ renamed into place.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Iterable
 import numpy as np
 from torch import Tensor, nn
 
+from ...fileio import FILE_MODE, atomic_dir, atomic_path
 from ...packing import pack
 from .lower import ComputeOp, IntProgram, PoolOp, lower
 from .report import MemoryReport, arena_layout, memory_report, row_bytes
@@ -211,8 +211,9 @@ def render(program: IntProgram, *, name: str = "lowbit_model", prefix: str = "lo
 
 
 def _write_atomic(out_dir: Path, files: dict[str, str]) -> dict[str, Path]:
-    """Write all files or none: a new folder is filled under a temporary name and renamed;
-    into an existing folder, every file goes to a temporary name first, then all are renamed."""
+    """Write all files or none: a new folder appears whole (filled under a temporary name);
+    into an existing folder (which may hold the user's own files) every file is written
+    to a temporary name first and all are renamed only when every one is complete."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {out_dir} exists and is not a folder")
@@ -220,29 +221,14 @@ def _write_atomic(out_dir: Path, files: dict[str, str]) -> dict[str, Path]:
     if not parent.is_dir():
         raise ValueError(f"the parent folder of out_dir does not exist: {parent}")
     if not out_dir.exists():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-        try:
+        with atomic_dir(out_dir) as tmp:
             for fname, text in files.items():
                 (tmp / fname).write_text(text, encoding="utf-8")
-            os.rename(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return {f: out_dir / f for f in files}
-    temps: dict[str, str] = {}
-    try:
-        for fname, text in files.items():
-            fd, tmpname = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=out_dir)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            temps[fname] = tmpname
-        for fname, tmpname in temps.items():
-            os.replace(tmpname, out_dir / fname)
-    except BaseException:
-        for tmpname in temps.values():
-            if os.path.exists(tmpname):
-                os.unlink(tmpname)
-        raise
+                os.chmod(tmp / fname, FILE_MODE)
+    else:
+        with contextlib.ExitStack() as stack:  # an error in any file unwinds (removes) every temporary
+            for fname, text in files.items():
+                stack.enter_context(atomic_path(out_dir / fname)).write_text(text, encoding="utf-8")
     return {f: out_dir / f for f in files}
 
 
