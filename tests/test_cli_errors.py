@@ -228,7 +228,6 @@ def test_renamed_options_still_work_and_warn(capsys):
 
 # ------------------------------------------------------------------ outputs
 
-@pytest.mark.xfail(reason="TEMPORARY: waits for the plumbing helper's deterministic, 0644 lowbit.save", strict=False)
 def test_train_twice_gives_identical_0644_files_and_says_the_loaded_model(tmp_path, capsys, files):
     a, b = tmp_path / "a.lowbit", tmp_path / "b.lowbit"
     for out in (a, b):

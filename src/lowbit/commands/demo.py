@@ -110,25 +110,29 @@ def _plots(out: Path, model: nn.Module, results: dict[str, dict[int, float]], bi
     save_figure(fig, out / "weights_hist.png")
 
     # left: every method over the full range; right: the same lines zoomed to 90-100 %, where methods differ
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 4.4))
+    # (or to the 10 points below float when the model is weaker); bit widths evenly spaced, most bits first
+    order = sorted(bits, reverse=True)
+    pos = {b: i for i, b in enumerate(order)}
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 4.8))
     lows = [float_acc] + [v for r in results.values() for v in r.values()]
     for a in (ax, zoom):
         for i, (method, row) in enumerate(results.items()):
-            bs = [b for b in bits if b in row]
-            a.plot(bs, [row[b] for b in bs], marker="o", color=f"C{i}", label=method)
+            bs = [b for b in order if b in row]
+            a.plot([pos[b] for b in bs], [row[b] for b in bs], marker="o", color=f"C{i}", label=method)
         a.axhline(float_acc, color="k", ls="--", lw=1, label=f"float ({float_acc:.2f} %)")
         a.set_xlabel("weight bits")
-        a.set_xticks(sorted(bits))
-        a.invert_xaxis()  # fewer bits to the right: accuracy falls as you read
+        a.set_xticks(range(len(order)), [f"W{b}" for b in order])
         a.grid(alpha=0.3)
     ax.set_ylim(max(0.0, min(lows) - 5), 100.5)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("all methods", fontsize=9)
-    zoom.set_ylim(90, 100.2)
-    zoom.set_title("zoom: 90-100 %", fontsize=9)
-    zoom.legend(fontsize=7, loc="lower left")
+    lo = 90.0 if float_acc >= 92 else max(0.0, float(int(float_acc)) - 10)
+    zoom.set_ylim(lo, min(100.0, max(lows) + 1) + 0.2)
+    zoom.set_title(f"zoom: {lo:.0f}-100 % (points below are off the panel)", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{title}: test accuracy vs weight bits (PTQ and QAT)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     save_figure(fig, out / "accuracy_vs_bits.png")
     return ["weights_hist.png", "accuracy_vs_bits.png"]
 

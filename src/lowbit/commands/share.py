@@ -66,11 +66,14 @@ def _plot(path: Path, title: str, results: dict[str, nn.Module]) -> None:
         ax.bar(range(n), c.numpy(), color="tab:blue")
         # at most ~16 labels (always the first, the last and zero): more overlap at any readable size
         step = max(1, -(-n // 16))
-        ticks = sorted(set(range(0, n, step)) | {n - 1} | set(torch.nonzero(v == 0).flatten().tolist()))
+        ticks = set(range(0, n, step))
+        for must in {n - 1, *torch.nonzero(v == 0).flatten().tolist()}:  # drop the neighbours they would touch
+            ticks = {t for t in ticks if t == must or abs(t - must) >= 0.75 * step} | {must}
+        ticks = sorted(ticks)
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{v[i].item():.3g}" for i in ticks], rotation=60, ha="right", fontsize=7)
         ax.set_yscale("log")
-        ax.set_xlabel(f"shared weight value (in order; every {step}. labelled)" if step > 1 else "shared weight value")
+        ax.set_xlabel(f"shared weight value (in order; 1 in {step} labelled)" if step > 1 else "shared weight value")
         ax.set_ylabel("number of weights (log scale)")
         ax.set_title(f"{name}: {n} distinct values", fontsize=9)
     fig.suptitle(title, fontsize=10)
