@@ -8,23 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit
-from lowbit.codebooks import (
-    NF4_LEVELS,
-    CenteredQuantizer,
-    DoReFaQuantizer,
-    LearnedCodebook,
-    Octav,
-    apot_levels,
-    bits_per_param,
-    build_quantizer,
-    double_quantize,
-    double_quantize_scales,
-    lut_dot,
-    pair46,
-    product_table,
-    state_levels,
-    state_quantizer,
-)
+from lowbit.formats import NF4_LEVELS, LearnedCodebook, apot_levels, state_levels
+from lowbit.qtensor_storage import bits_per_param, double_quantize, double_quantize_scales
+from lowbit.quantizers import CenteredQuantizer, DoReFaQuantizer, build_quantizer, state_quantizer
+from lowbit.ranges import Octav
+from lowbit.targets.mcu.pairs import lut_dot, pair46, product_table
 from lowbit.formats import format_from_spec
 from lowbit.packing import pack, pack_trits, packed_trits_nbytes, unpack, unpack_trits
 from lowbit.qtensor import load_qtensors, save_qtensors

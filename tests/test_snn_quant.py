@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import lowbit.codebooks as cb
+import lowbit.formats as cb
+import lowbit.quantizers as cbq
 from lowbit.quantizer import Quantizer
 from lowbit.snn import (
     SNN,
@@ -153,7 +154,7 @@ def test_state_quant_in_neuron_gives_levels_only():
     _, _, mem = n(torch.rand(2, 15, 3), record=True)
     assert torch.isin(mem, q.levels).all()
     # codebooks' generic quantizer is accepted as any callable and gives the same dynamics
-    n2 = LIF(3, beta=0.9, state_quant=cb.state_quantizer("thr", 2))
+    n2 = LIF(3, beta=0.9, state_quant=cbq.state_quantizer("thr", 2))
     x = torch.rand(2, 15, 3)
     assert torch.equal(n(x, record=True)[2], n2(x, record=True)[2])
 

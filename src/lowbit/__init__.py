@@ -4,28 +4,20 @@ The core, one concept a module:
 
 - :mod:`lowbit.formats` -- ``Uniform``, ``Codebook``: the grid of levels;
 - :mod:`lowbit.ranges` -- ``minmax``, ``p<pct>``, ``mse``, fixed point; granularity;
-- :mod:`lowbit.quantizer` -- ``Quantizer`` and ``quantizer(spec)``;
-- :mod:`lowbit.qtensor` -- ``QTensor`` and lossless files;
+- :mod:`lowbit.quantizers` -- ``QuantSpec``, ``Quantizer`` and its classes, ``quantizer(spec)`` (the factory);
+- :mod:`lowbit.qtensor` -- ``QTensor`` and lossless files (:mod:`lowbit.qtensor_storage`: bits per parameter);
 - :mod:`lowbit.packing` -- bit packing.
 """
-from .formats import Codebook, Format, Uniform, format_from_spec, register_format
+from .formats import Codebook, Format, LearnedCodebook, Uniform, format_from_spec, register_format, state_levels
 from .packing import pack, unpack
 from .qtensor import QTensor, load_qtensors, save_qtensors
+from .qtensor_storage import bits_per_param, double_quantize
+from .quantizers import CenteredQuantizer, DoReFaQuantizer, build_quantizer, state_quantizer
 from .quantizer import Quantizer, QuantSpec, parse_spec, quantizer
 from .ranges import Granularity, register_range
-from . import codebooks  # noqa: F401  (registers the named formats)
-from .codebooks import (
-    CenteredQuantizer,
-    DoReFaQuantizer,
-    FourSixPair,
-    LearnedCodebook,
-    bits_per_param,
-    build_quantizer,
-    double_quantize,
-    pair46,
-    state_levels,
-    state_quantizer,
-)
+
+# the 4.6-bit pair arithmetic lives with the MCU target; loaded on first use (see __getattr__)
+_LAZY = {"FourSixPair": "lowbit.targets.mcu.pairs", "pair46": "lowbit.targets.mcu.pairs"}
 
 __version__ = "0.1.0"
 
@@ -61,3 +53,12 @@ __all__ = [
 from .config import QuantConfig  # noqa: E402
 from .api import calibrate, convert, load, prepare_qat, quantize, save  # noqa: E402
 __all__ += ["QuantConfig", "calibrate", "convert", "load", "prepare_qat", "quantize", "save"]  # noqa: E402
+
+
+def __getattr__(name: str) -> object:
+    """Load the names that live outside the core (the 4.6-bit pairs) on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")

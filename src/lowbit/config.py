@@ -30,8 +30,8 @@ from typing import Mapping, Union
 
 from torch import nn
 
-from .formats import format_from_spec
-from .quantizer import parse_spec
+from .formats.registry import is_format_token
+from .quantizers import QuantSpec, parse_spec
 from .ranges import Granularity
 
 __all__ = ["QuantConfig", "as_config", "expand_spec", "Pattern"]
@@ -40,14 +40,6 @@ Pattern = Union[str, type]
 
 _NONE = ("none", "float", "fp32", "")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _has_format(token: str) -> bool:
-    try:
-        format_from_spec(token)
-        return True
-    except ValueError:
-        return False
 
 
 def _has_granularity(tokens: list[str]) -> bool:
@@ -62,15 +54,20 @@ def _has_granularity(tokens: list[str]) -> bool:
 
 def expand_spec(spec: str | None, role: str = "weight") -> str | None:
     """Expand shorthands (``w4``, ``a8``, ``none``) and validate a spec; None means float."""
+    return _expand(spec, role)[0]
+
+
+def _expand(spec: str | None, role: str) -> tuple[str | None, QuantSpec | None]:
+    """The expanded spec string and its parsed form (without the activation-only ``pact`` token)."""
     if role not in ("weight", "act"):
         raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
     if spec is None:
-        return None
+        return None, None
     if not isinstance(spec, str):
         raise TypeError(f"a spec must be a string or None, got {type(spec).__name__}")
     text = spec.strip().lower()
     if text in _NONE:
-        return None
+        return None, None
     tokens = text.split(":")
     m = re.fullmatch(r"([wa])(\d+)", tokens[0])
     if m:
@@ -78,8 +75,8 @@ def expand_spec(spec: str | None, role: str = "weight") -> str | None:
         if bits < 1:
             raise ValueError(f"spec {spec!r}: bits must be >= 1")
         rest = tokens[1:]
-        if rest and _has_format(rest[0]):
-            fmt_bits = format_from_spec(rest[0]).bits
+        if rest and is_format_token(rest[0]):
+            fmt_bits = parse_spec(rest[0]).bits
             if fmt_bits != bits:
                 raise ValueError(f"spec {spec!r}: format {rest[0]!r} has {fmt_bits} bits, not {bits}")
             tokens = rest
@@ -93,8 +90,7 @@ def expand_spec(spec: str | None, role: str = "weight") -> str | None:
     check = ":".join(t for t in tokens if t != "pact")
     if "pact" in tokens and role == "weight":
         raise ValueError(f"spec {spec!r}: 'pact' is an activation quantizer; use it in an activation rule")
-    parse_spec(check)  # raises a ValueError naming the bad token
-    return out
+    return out, parse_spec(check)  # raises a ValueError naming the bad token
 
 
 def _check_pattern(p: object) -> Pattern:
@@ -122,8 +118,13 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.weights, Mapping) or not isinstance(self.acts, Mapping):
             raise TypeError("weights and acts must be mappings of pattern -> spec")
-        self.weights = {_check_pattern(k): expand_spec(v, "weight") for k, v in self.weights.items()}
-        self.acts = {_check_pattern(k): expand_spec(v, "act") for k, v in self.acts.items()}
+        # Each rule is parsed once, here: the strings stay the public form, the typed specs ride along.
+        w = {_check_pattern(k): _expand(v, "weight") for k, v in self.weights.items()}
+        a = {_check_pattern(k): _expand(v, "act") for k, v in self.acts.items()}
+        self.weights = {k: v[0] for k, v in w.items()}
+        self.acts = {k: v[0] for k, v in a.items()}
+        self._parsed_w: dict[Pattern, QuantSpec | None] = {k: v[1] for k, v in w.items()}
+        self._parsed_a: dict[Pattern, QuantSpec | None] = {k: v[1] for k, v in a.items()}
         if not isinstance(self.fold_bn, bool):
             raise TypeError(f"fold_bn must be a bool, got {self.fold_bn!r}")
 
@@ -182,7 +183,7 @@ class QuantConfig:
             return isinstance(module, pattern)
         return name == pattern or fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
 
-    def _lookup(self, rules: Mapping[Pattern, str | None], name: str, module: nn.Module) -> str | None:
+    def _lookup(self, rules: Mapping[Pattern, object], name: str, module: nn.Module) -> object:
         spec = None
         for pattern, s in rules.items():
             if self._matches(pattern, name, module):
@@ -191,11 +192,19 @@ class QuantConfig:
 
     def weight_spec(self, name: str, module: nn.Module) -> str | None:
         """The weight spec for the module called ``name`` (None: keep float)."""
-        return self._lookup(self.weights, name, module)
+        return self._lookup(self.weights, name, module)  # type: ignore[return-value]
 
     def act_spec(self, name: str, module: nn.Module) -> str | None:
         """The activation spec for the module called ``name`` (None: no activation quantizer)."""
-        return self._lookup(self.acts, name, module)
+        return self._lookup(self.acts, name, module)  # type: ignore[return-value]
+
+    def weight_qspec(self, name: str, module: nn.Module) -> QuantSpec | None:
+        """The parsed weight spec for the module called ``name`` (None: keep float)."""
+        return self._lookup(self._parsed_w, name, module)  # type: ignore[return-value]
+
+    def act_qspec(self, name: str, module: nn.Module) -> QuantSpec | None:
+        """The parsed activation spec (without ``pact``) for the module called ``name``."""
+        return self._lookup(self._parsed_a, name, module)  # type: ignore[return-value]
 
     def patterns(self) -> list[Pattern]:
         """Every pattern of both rule lists."""

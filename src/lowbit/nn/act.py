@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import Uniform
-from ..quantizer import Quantizer
+from ..quantizers import LSQQuantizer, Quantizer, round_ste
 from ..ranges import scale_from_range
-from .lsq import LSQQuantizer, round_ste
 
 __all__ = ["ActQuant", "PACT", "pact_penalty"]
 

@@ -12,10 +12,10 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ..quantizer import Quantizer, parse_spec, quantizer
+from ..formats import Uniform
+from ..quantizers import QuantSpec, Quantizer, build_quantizer, parse_spec
 from .act import PACT, ActQuant
 from .layers import QuantConv1d, QuantConv2d, QuantLinear
-from .lsq import lsq_from_spec
 
 __all__ = [
     "Handler",
@@ -60,25 +60,21 @@ def is_pact_spec(spec: str | None) -> bool:
 def _pact_bits(spec: str) -> int:
     rest = ":".join(t for t in spec.lower().split(":") if t != "pact")
     p = parse_spec(rest)
-    if not (p.format.startswith("uint") and p.granularity == "tensor" and p.range == "minmax"):
+    if not (isinstance(p.fmt, Uniform) and not p.fmt.signed and p.granularity == "tensor" and p.range == "minmax"):
         raise ValueError(f"activation spec {spec!r}: PACT needs a plain unsigned format such as 'uint4:pact'")
-    return int(p.format[4:])
+    return p.bits
 
 
-def weight_quantizer(spec: str, weight: Tensor | None = None) -> Quantizer:
+def weight_quantizer(spec: "str | QuantSpec", weight: Tensor | None = None) -> Quantizer:
     """A weight quantizer for ``spec``; the ``lsq`` token gives a learned step size initialised from ``weight``."""
-    if parse_spec(spec).range.startswith("lsq"):
-        return lsq_from_spec(spec, init=None if weight is None else weight.detach())
-    return quantizer(spec)
+    return build_quantizer(spec, init=weight)
 
 
-def act_quantizer(spec: str) -> ActQuant:
+def act_quantizer(spec: "str | QuantSpec") -> ActQuant:
     """An input (activation) quantizer for ``spec``."""
-    if is_pact_spec(spec):
+    if isinstance(spec, str) and is_pact_spec(spec):
         raise ValueError(f"activation spec {spec!r}: 'pact' applies to ReLU modules, not to a layer's input")
-    if parse_spec(spec).range.startswith("lsq"):
-        return ActQuant(lsq_from_spec(spec))
-    return ActQuant(quantizer(spec))
+    return ActQuant(build_quantizer(spec))
 
 
 def _layer_handler(cls: type) -> Handler:

@@ -7,107 +7,20 @@ The scale is *dynamic* (fitted to each input) until the quantizer is
 calibrated: ``q.observe(x)`` on a few batches, then ``q.freeze()`` (or
 ``q.calibrate(batches)`` for both). ``q.fit(tensors)`` fits one scale shared
 by several tensors (a population: all weights into one layer of neurons).
-
-A short spec string builds one: ``lowbit.quantizer("int4:channel:mse")``.
-Tokens, in any order after the format:
-
-- format: ``int<b>``, ``uint<b>``, ``int<b>n`` (narrow), ``fxp<b>`` (fixed point), and the
-  codebooks other modules register;
-- granularity: ``tensor`` (default), ``channel`` / ``channel<axis>``, ``group<size>``;
-- range: ``minmax`` (default), ``p<pct>`` (``p99``), ``mse``;
-- ``pow2``: power-of-two scale (fixed point);
-- rounding: ``nearest`` (default; half to even for integers), ``stochastic``;
-- gradient: ``ste`` (default), ``clipped`` (zero gradient outside the range).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .formats import Format, format_defaults, format_from_spec, format_names
-from .ranges import Granularity, MinMax, RangeEstimator, range_from_token, range_names, scale_from_range
+from ..formats import Format, format_from_spec
+from ..qtensor import QTensor
+from ..ranges import Granularity, MinMax, RangeEstimator, range_from_token, range_names, scale_from_range
+from .spec import _GRADIENTS, _ROUNDINGS, QuantSpec
 
-__all__ = ["Quantizer", "quantizer", "parse_spec", "QuantSpec", "register_quantizer"]
-
-_ROUNDINGS = ("nearest", "stochastic")
-_GRADIENTS = ("ste", "clipped")
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """A parsed spec string: every part named, defaults filled in."""
-
-    format: str
-    granularity: str = "tensor"
-    range: str = "minmax"
-    pow2: bool = False
-    rounding: str = "nearest"
-    gradient: str = "ste"
-
-    def __str__(self) -> str:
-        parts = [self.format]
-        if self.granularity != "tensor":
-            parts.append(self.granularity)
-        if self.range != "minmax":
-            parts.append(self.range)
-        if self.pow2:
-            parts.append("pow2")
-        if self.rounding != "nearest":
-            parts.append(self.rounding)
-        if self.gradient != "ste":
-            parts.append(self.gradient)
-        return ":".join(parts)
-
-
-def _valid_tokens() -> str:
-    return (
-        f"formats: {', '.join(format_names())}; granularity: tensor, channel, channel<axis>, group<size>; "
-        f"ranges: {', '.join(range_names())}; pow2; rounding: {', '.join(_ROUNDINGS)}; "
-        f"gradient: {', '.join(_GRADIENTS)}"
-    )
-
-
-def parse_spec(spec: str) -> QuantSpec:
-    """Parse a spec string such as ``int4:channel:mse`` into a :class:`QuantSpec`."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"spec must be a non-empty string such as 'int4:channel:mse', got {spec!r}")
-    tokens = [t.strip().lower() for t in spec.split(":")]
-    fmt_token, rest = tokens[0], tokens[1:]
-    try:
-        format_from_spec(fmt_token)
-    except ValueError as e:
-        raise ValueError(f"spec {spec!r}: {e}") from None
-    fields: dict[str, object] = {}
-
-    def put(kind: str, value: object, token: str, user: bool) -> None:
-        if kind in fields and user:
-            raise ValueError(f"spec {spec!r}: more than one {kind} token ({token!r})")
-        fields[kind] = value
-
-    for user, toks in ((True, rest), (False, format_defaults(fmt_token))):
-        for t in toks:
-            kind: str
-            if t in _ROUNDINGS:
-                kind, value = "rounding", t
-            elif t in _GRADIENTS:
-                kind, value = "gradient", t
-            elif t == "pow2":
-                kind, value = "pow2", True
-            elif range_from_token(t) is not None:
-                kind, value = "range", t
-            else:
-                try:
-                    value = Granularity.from_spec(t).spec
-                    kind = "granularity"
-                except ValueError:
-                    raise ValueError(f"spec {spec!r}: unknown token {t!r}; valid tokens are {_valid_tokens()}") from None
-            if not user and kind in fields:
-                continue  # the user's own token wins over the format's default
-            put(kind, value, t, user)
-    return QuantSpec(format=fmt_token, **fields)  # type: ignore[arg-type]
+__all__ = ["Quantizer"]
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -320,10 +233,8 @@ class Quantizer(nn.Module):
         out = _StraightThrough.apply(rows, q, mask) if needs_grad else q
         return self.granularity.from_rows(out, x.shape)
 
-    def encode(self, x: Tensor) -> "QTensor":
+    def encode(self, x: Tensor) -> QTensor:
         """Quantize ``x`` to a :class:`QTensor` (packed codes, scales, zero points)."""
-        from .qtensor import QTensor
-
         rows = self._rows(x)
         # A fitted range has already checked the data; a frozen scale has not.
         if self.frozen and not torch.isfinite(rows).all():
@@ -335,34 +246,3 @@ class Quantizer(nn.Module):
         codes = self.fmt.encode_(xn, self.rounding, self.generator)  # xn is ours to overwrite
         return QTensor.from_codes(codes, scale, zp, self.fmt, self.granularity, x.shape, trusted=True)
 
-
-_QUANTIZER_CLASSES: dict[type, type[Quantizer]] = {}
-
-
-def register_quantizer(format_type: type, quantizer_cls: type[Quantizer]) -> None:
-    """Make :func:`quantizer` build ``quantizer_cls`` for formats of ``format_type`` (e.g. DoReFa's tanh step)."""
-    if not (isinstance(format_type, type) and issubclass(format_type, Format)):
-        raise TypeError(f"format_type must be a Format subclass, got {format_type!r}")
-    if not (isinstance(quantizer_cls, type) and issubclass(quantizer_cls, Quantizer)):
-        raise TypeError(f"quantizer_cls must be a Quantizer subclass, got {quantizer_cls!r}")
-    _QUANTIZER_CLASSES[format_type] = quantizer_cls
-
-
-def quantizer(spec: str, *, generator: torch.Generator | None = None) -> Quantizer:
-    """Build a :class:`Quantizer` from a spec string such as ``int4:channel:mse`` or ``fxp8:p99``."""
-    p = parse_spec(spec)
-    fmt = format_from_spec(p.format)
-    cls = _QUANTIZER_CLASSES.get(type(fmt), Quantizer)
-    return cls(
-        fmt,
-        p.range,
-        p.granularity,
-        pow2=p.pow2,
-        rounding=p.rounding,
-        gradient=p.gradient,
-        generator=generator,
-        spec=str(p),
-    )
-
-
-from .qtensor import QTensor  # noqa: E402  (circular: QTensor rebuilds formats, not quantizers)

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..codebooks import state_levels as _cb_state_levels
+from ..formats import state_levels as _cb_state_levels
 from ..formats import Codebook
 from ..qtensor import QTensor, load_qtensors, save_qtensors
 from ..quantizer import Quantizer, quantizer

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -40,6 +39,7 @@ from ...formats import Codebook, Uniform
 from ...nn.act import ActQuant
 from ...nn.layers import QuantLayer
 from ...qtensor import QTensor
+from .pairs import pair46
 
 __all__ = ["ComputeOp", "PoolOp", "IntProgram", "lower", "SUPPORTED_LAYERS", "INT32_MAX"]
 
@@ -335,8 +335,7 @@ def _decode_weights(name: str, qt: QTensor, ternary: str) -> _Weights:
     levels = fmt.levels.double().numpy()
     nl = len(levels)
     codes = g.from_rows(qt.codes().to(torch.int64), qt.shape).reshape(cout, n).numpy().astype(np.int64)
-    m = re.fullmatch(r"sym(\d+)", fmt.spec or "")
-    if m:  # the 4.6-bit pairs: integer levels -Qw..Qw through a product table
+    if fmt.pair_q is not None:  # the 4.6-bit pairs (the format says so): integer levels -Qw..Qw through a product table
         values = np.round(levels[codes]).astype(np.int64)
         bits = 4 if nl <= 16 else 8
         return _Weights("pt", codes, values, 0, 1, None, 1.0, scale, nl, bits, pt_nw=nl)
@@ -392,8 +391,8 @@ def _act_range(name: str, aq: ActQuant | None, data: Tensor, nonneg: bool, pt_q:
         fmt = q.fmt
         if isinstance(fmt, Uniform):
             lo, hi = fmt.qmin, fmt.qmax
-        elif isinstance(fmt, Codebook) and re.fullmatch(r"sym\d+", fmt.spec or ""):
-            lo, hi = int(fmt.lo), int(fmt.hi)
+        elif isinstance(fmt, Codebook) and fmt.pair_q is not None:
+            lo, hi = -fmt.pair_q, fmt.pair_q
         else:
             raise ValueError(f"layer {name!r}: activation format {fmt.spec!r} is not supported; use int8/uint8 or sym<N>")
         if pt_q is not None and (lo < -pt_q or hi > pt_q):
@@ -540,10 +539,10 @@ def lower(
         if w.kind == "pt":
             qw = (w.pt_nw - 1) // 2
             aq = b.mod.input_quant  # type: ignore[union-attr]
-            if aq is not None and isinstance(aq.q.fmt, Codebook) and re.fullmatch(r"sym\d+", aq.q.fmt.spec or ""):
-                pt_q = int(aq.q.fmt.hi)
-            else:
-                pt_q = 127 // qw
+            if aq is not None and isinstance(aq.q.fmt, Codebook) and aq.q.fmt.pair_q is not None:
+                pt_q = aq.q.fmt.pair_q
+            else:  # the widest activation operand the weights pair with
+                pt_q = (pair46(w.pt_nw).nx - 1) // 2
             if pt_q * qw > 127:
                 raise ValueError(f"layer {b.name!r}: the pair ({2 * pt_q + 1}, {w.pt_nw}) has products up to {pt_q * qw} > 127 (int8)")
         weights[b.name] = w

@@ -8,9 +8,11 @@ is exact for integers below 2^53 (the bounds keep them below 2^31).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .lower import INT32_MAX, ComputeOp, IntProgram, PoolOp
+from .pairs import lut_dot
 
 __all__ = ["run", "predict", "accuracy", "round_shift"]
 
@@ -45,14 +47,16 @@ def _exact_products(op: ComputeOp) -> bool:
 
 
 def _table_dot(op: ComputeOp, a: np.ndarray) -> np.ndarray:
-    """Sum of product-table look-ups, as the C kernel does it (chunks bound the [rows, cout, n] gather)."""
+    """Sum of product-table look-ups, as the C kernel does it: the pairs' one :func:`lut_dot` (chunks bound the gather)."""
     assert op.pt_table is not None
-    flat = op.pt_table.reshape(-1)
+    table = torch.from_numpy(op.pt_table)  # row x - pt_lo, column code; rows are pt_stride long
+    codes = torch.from_numpy(op.codes)[None, :, :]
     out = np.empty((a.shape[0], op.cout), dtype=np.int64)
     chunk = max(1, (1 << 22) // max(1, op.cout * op.n))
     for i in range(0, a.shape[0], chunk):
-        idx = (a[i : i + chunk, None, :] - op.pt_lo) * op.pt_stride + op.codes[None, :, :]
-        out[i : i + chunk] = flat[idx].sum(axis=2)
+        rows = torch.from_numpy(a[i : i + chunk, None, :] - op.pt_lo)
+        # int64 sums: an accumulator leaving int32 must show up in _check, not wrap
+        out[i : i + chunk] = lut_dot(rows, codes, table, dtype=torch.int64).numpy()
     return out
 
 
