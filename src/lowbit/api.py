@@ -23,7 +23,7 @@ modules: a functional ``F.relu`` is not seen.
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import os
 import warnings
 from itertools import islice
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import QuantConfig, as_config
+from .info import STAGES, LowbitInfo, info_of, set_info
 from .nn.act import PACT, ActQuant
 from .nn.fold import fold_bn
 from .nn.handlers import handled_types, handler_for, is_pact_spec
@@ -115,10 +116,7 @@ def _prepare(model: nn.Module, config: object, inplace: bool) -> tuple[nn.Module
         model.eval()
         folded = fold_bn(model)
         model.train(was)
-    model.lowbit_folded = folded  # type: ignore[assignment]
-    model.lowbit_layers = _swap(model, cfg)  # type: ignore[assignment]
-    model.lowbit_config = str(cfg)  # type: ignore[assignment]
-    model.lowbit_fold_bn = cfg.fold_bn  # type: ignore[assignment]
+    set_info(model, stage="float", folded=tuple(folded), layers=_swap(model, cfg), config=str(cfg), fold_bn=cfg.fold_bn)
     return model, cfg
 
 
@@ -194,7 +192,7 @@ def quantize(
             raise ValueError("config quantizes activations: pass calib=<batches or DataLoader> to calibrate their ranges")
         calibrate(model, calib, calib_batches)
     # weights only: their scales come from the weights themselves, calib is not needed
-    model.lowbit_stage = "ptq"  # type: ignore[assignment]
+    set_info(model, stage="ptq")
     return model
 
 
@@ -217,7 +215,7 @@ def prepare_qat(
                 model(batch_inputs(b))  # seeds the moving averages / LSQ steps
         model.train(was)
     model.train()
-    model.lowbit_stage = "qat"  # type: ignore[assignment]
+    set_info(model, stage="qat")
     return model
 
 
@@ -242,16 +240,14 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 m.convert_()
             except ValueError as e:
                 raise ValueError(f"layer {name!r}: {e}") from None
-    for name, info in getattr(model, "lowbit_layers", {}).items():
-        info["converted"] = True
-    model.lowbit_stage = "converted"  # type: ignore[assignment]
+    set_info(model, info_of(model).converted())
     model.eval()
     return model
 
 
 # --------------------------------------------------------------------------- files
 
-_STAGES = ("float", "ptq", "qat", "converted")
+_STAGES = STAGES
 
 
 def save(model: nn.Module, path: "str | os.PathLike[str]", *, metadata: Mapping[str, str] | None = None) -> None:
@@ -275,18 +271,10 @@ def save(model: nn.Module, path: "str | os.PathLike[str]", *, metadata: Mapping[
         if qt is None:
             continue
         tensors[f"{name}.weight" if m.converted else f"{name}.weight:q"] = qt
-    stage = getattr(model, "lowbit_stage", "float" if not layers else "qat")
-    meta = {
-        "lowbit.model": "1",
-        "lowbit.stage": stage,
-        "lowbit.layers": json.dumps(getattr(model, "lowbit_layers", {})),
-        "lowbit.config": getattr(model, "lowbit_config", ""),
-        "lowbit.fold_bn": "1" if getattr(model, "lowbit_fold_bn", False) else "0",
-        "lowbit.folded": json.dumps(list(getattr(model, "lowbit_folded", []))),
-    }
-    arch = getattr(model, "lowbit_arch", None)
-    if arch is not None:
-        meta["lowbit.arch"] = json.dumps(arch)
+    info = info_of(model)
+    if layers and info.stage == "float":  # quantized layers without a record: trained as QAT
+        info = dataclasses.replace(info, stage="qat")
+    meta = info.to_metadata()
     for k, v in (metadata or {}).items():
         if k in meta:
             raise ValueError(f"metadata key {k!r} is reserved")
@@ -313,26 +301,30 @@ def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.M
     stage = meta.get("lowbit.stage", "")
     if stage not in _STAGES:
         raise ValueError(f"{path}: unknown stage {stage!r}; expected one of {_STAGES}")
+    try:
+        saved = LowbitInfo.from_metadata(meta)
+    except (ValueError, TypeError) as e:  # JSON errors are ValueErrors
+        raise ValueError(f"{path}: unreadable model record: {e}") from None
     if model is None:
-        if "lowbit.arch" not in meta:
+        if saved.arch is None:
             raise ValueError(
                 f"{path} has no architecture description (not a lowbit reference model): "
                 "pass model=<a float instance of the same architecture>"
             )
         from .models import build_from_arch
 
-        model = build_from_arch(json.loads(meta["lowbit.arch"]))
+        model = build_from_arch(saved.arch)
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
     else:
         model = copy.deepcopy(model)
-    layers: dict[str, dict[str, object]] = json.loads(meta.get("lowbit.layers", "{}"))
-    if meta.get("lowbit.fold_bn") == "1":
+    arch = saved.arch or info_of(model).arch
+    folded = saved.folded
+    if saved.fold_bn:
         model.eval()
         # the saved weights are the folded ones: fold exactly the BNs the saved model folded
-        only = json.loads(meta["lowbit.folded"]) if "lowbit.folded" in meta else None
-        model.lowbit_folded = fold_bn(model, untrained="fold", only=only)  # type: ignore[assignment]
-    for name, info in layers.items():
+        folded = tuple(fold_bn(model, untrained="fold", only=list(saved.folded) if "lowbit.folded" in meta else None))
+    for name, info in saved.layers.items():
         try:
             old = model.get_submodule(name)
         except AttributeError:
@@ -367,9 +359,6 @@ def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.M
         raise ValueError(f"{path}: the file lacks entries {bad[:5]} of the model")
     for a in _act_quants(model):
         a.tracking = stage == "qat" and not a.learned
-    model.lowbit_layers = layers  # type: ignore[assignment]
-    model.lowbit_config = meta.get("lowbit.config", "")  # type: ignore[assignment]
-    model.lowbit_fold_bn = meta.get("lowbit.fold_bn") == "1"  # type: ignore[assignment]
-    model.lowbit_stage = stage  # type: ignore[assignment]
+    set_info(model, saved, folded=folded, arch=arch)
     model.train(stage == "qat")
     return model

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..formats import SHARED_SPEC, LearnedCodebook
+from ..info import set_info
 from ..loop import Hook, LoopState, run_epochs
 from ..nn.layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from ..quantizer import Quantizer
@@ -69,10 +70,7 @@ def to_codebook_model(model: nn.Module, weights: Mapping[str, Tensor], *, per_ne
         parent_name, _, child = name.rpartition(".")
         setattr(out.get_submodule(parent_name) if parent_name else out, child, new)
         info[name] = {"kind": cls.__name__, "weight": SHARED_SPEC, "act": None, "converted": True}
-    out.lowbit_layers = info  # type: ignore[assignment]
-    out.lowbit_config = tag  # type: ignore[assignment]
-    out.lowbit_fold_bn = False  # type: ignore[assignment]
-    out.lowbit_stage = "converted"  # type: ignore[assignment]
+    set_info(out, stage="converted", layers=info, config=tag, fold_bn=False, folded=())
     out.eval()
     return out
 

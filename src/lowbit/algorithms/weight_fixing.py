@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..info import attach
 from .convert import check_int, check_loader, to_codebook_model, train_loop
 from .stats import shared_layers
 
@@ -296,7 +297,7 @@ def weight_fixing(
     """Fix every Conv/Linear weight to a few shared values (PWFN or WFN-style); a converted copy with per-network codebook QTensors.
 
     The per-round log (fraction fixed, distinct centres, test accuracy if ``test_loader``) is the
-    result's ``lowbit_fixing_log`` attribute.
+    result's ``lowbit_info.extra["fixing_log"]`` (also ``lowbit_fixing_log``, the earlier name).
     """
     check_loader("loader", loader)
     if test_loader is not None:
@@ -320,5 +321,5 @@ def weight_fixing(
         if i < len(sched) - 1:
             fixer.fit(loader, epochs_per_round, lr, progress=progress)
     out = fixer.to_model()
-    out.lowbit_fixing_log = log  # type: ignore[assignment]
+    attach(out, "fixing_log", log)
     return out

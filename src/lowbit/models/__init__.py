@@ -35,12 +35,14 @@ def build_model(
     if seed is not None:
         torch.manual_seed(seed)
     model = _MODELS[name](input_shape=tuple(int(s) for s in input_shape), num_classes=int(num_classes), **kwargs)
-    model.lowbit_arch = {  # type: ignore[assignment]
+    from ..info import set_info  # plumbing below every layer: the one record of what lowbit did to a model
+
+    set_info(model, arch={
         "name": name,
         "input_shape": [int(s) for s in input_shape],
         "num_classes": int(num_classes),
         "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
-    }
+    })
     return model
 
 

@@ -27,6 +27,7 @@ rename) and, with ``verify=True``, run once in onnxruntime against PyTorch.
 from __future__ import annotations
 
 import copy
+import json
 import operator
 import os
 import warnings
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..fileio import write_bytes
+from ..info import info_of
 from ..formats import Codebook, Format, Uniform
 from ..nn.act import PACT, ActQuant
 from ..nn.layers import QuantLayer
@@ -561,11 +563,11 @@ def to_onnx(
         graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="lowbit", producer_version=_version()
     )
     proto.ir_version = min(proto.ir_version, 10)  # readable by onnxruntime releases of the last two years
-    layers = getattr(model, "lowbit_layers", None)
+    info = info_of(model)
     onnx.helper.set_model_props(proto, {
-        "lowbit.config": str(getattr(model, "lowbit_config", "")),
-        "lowbit.stage": str(getattr(model, "lowbit_stage", "")),
-        "lowbit.layers": str(layers) if layers else "",
+        "lowbit.config": info.config,
+        "lowbit.stage": info.stage,
+        "lowbit.layers": json.dumps(info.layers, sort_keys=True) if info.layers else "",
     })
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -81,7 +81,9 @@ def simulate(
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         layers[name] = "crossbar"
-    model.lowbit_cim = {"config": asdict(cfg), "layers": layers}  # type: ignore[assignment]
+    from ...info import attach
+
+    attach(model, "cim", {"config": asdict(cfg), "layers": layers})
     return model
 
 
