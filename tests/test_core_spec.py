@@ -1,5 +1,6 @@
 """One spec, one meaning: parsed once into a QuantSpec, one factory, 'did you mean', the core's layering."""
 import ast
+import math
 import pathlib
 import warnings
 
@@ -136,3 +137,50 @@ def test_the_core_imports_nothing_above_it(package, allowed):
     for f in sorted((SRC / package).glob("*.py")):
         bad = {m for m in _imports(f) if not m.startswith(allowed)}
         assert not bad, f"{f.name} imports {bad}"
+
+
+# --------------------------------------------------------------------------- one state quantizer
+
+
+@pytest.mark.parametrize("token", [t for t in formats.format_examples() if not t.startswith(("int", "uint", "fxp", "4bit", "8bit"))])
+def test_every_codebook_rounds_through_its_exact_table_as_bucketize_does(token):
+    fmt = formats.format_from_spec(token)
+    lv, mids = fmt.levels, fmt._mid
+    span = float(lv[-1] - lv[0])
+    x = torch.cat([torch.linspace(float(lv[0]) - span, float(lv[-1]) + span, 20001), mids,
+                   torch.nextafter(mids, torch.tensor(math.inf)), torch.nextafter(mids, torch.tensor(-math.inf)), lv])  # fmt: skip
+    ref = lv[torch.bucketize(x, mids)]
+    # a table where a small one resolves the levels (pot7/pot8 span 2^-62..1: bucketize)
+    assert (fmt.table() is not None) == (token not in ("pot7", "pot8"))
+    assert torch.equal(fmt.quantize(x), ref)
+    assert torch.equal(fmt.quantize(x.double()).float(), ref)  # other dtypes: bucketize, same answer
+    assert torch.equal(fmt.quantize(x[::2].reshape(-1, 1).t()), ref[::2].reshape(1, -1))  # strided views too
+
+
+def test_a_nan_rounds_to_a_level_instead_of_crashing():
+    fmt = formats.format_from_spec("nf4")
+    out = fmt.quantize(torch.tensor([math.nan, math.inf, -math.inf, 0.3]))
+    assert bool(torch.isin(out, fmt.levels).all()) and out[1] == 1.0 and out[2] == -1.0
+
+
+def test_snn_and_core_state_quantizers_are_one_implementation():
+    from lowbit.snn import StateQuantizer, state_quantizer
+
+    core = lowbit.state_quantizer("thr", 4, 1.0, 0.1, 0.3)
+    snn = state_quantizer("thr", 4, 1.0, 0.1, 0.3)
+    assert isinstance(snn, StateQuantizer) and type(snn.fmt) is type(core.fmt) is formats.Codebook
+    assert torch.equal(snn.levels, core.fmt.levels) and snn.fmt.spec == core.fmt.spec
+    x = torch.randn(5000) * 1.5
+    assert torch.equal(snn(x), core(x)) and snn._table is core.fmt.table()  # one table per level set
+
+
+def test_state_range_is_a_registered_range():
+    from lowbit.ranges import StateRange, calibrate_state_range
+
+    mem = torch.cat([torch.linspace(-0.4, 1.3, 1000)])
+    q = lowbit.quantizer("state_uniform4:state")
+    assert isinstance(q.range, StateRange) and q.spec == "state_uniform4:state"
+    lower, upper = calibrate_state_range(mem, 1.0)
+    lo, hi = q.range(mem.reshape(1, -1), q.fmt)
+    assert float(lo) == pytest.approx(-(1 + lower)) and float(hi) == pytest.approx(1 + upper)
+    assert float(q.fit(mem).scale) == pytest.approx(max(float(hi) / q.fmt.hi, float(lo) / q.fmt.lo))

@@ -1,4 +1,4 @@
-"""``Codebook``: any sorted set of levels; nearest level by ``bucketize`` on the midpoints."""
+"""``Codebook``: any sorted set of levels; nearest level by an exact look-up table, else ``bucketize`` on the midpoints."""
 from __future__ import annotations
 
 import math
@@ -8,20 +8,31 @@ import torch
 from torch import Tensor
 
 from .base import _MAX_BITS, Format, _code_dtype
+from .lut import Table, build_table, table_round
 
 __all__ = ["Codebook"]
+
+
+_TABLES: dict[tuple[bytes, bytes], Table | None] = {}  # level set -> its table, shared by every instance
+_MAX_TABLES = 256
+_MAX_TABLE_LEVELS = 4096  # past this a table is large and slow to build; bucketize is fine
 
 
 class Codebook(Format):
     """Any sorted set of levels; nearest-level encoding and table decoding.
 
     Ties (a value exactly on the midpoint of two levels) go to the lower level.
-    Storage bits are ``ceil(log2(len(levels)))`` (at least 1).
+    Storage bits are ``ceil(log2(len(levels)))`` (at least 1). Rounding float32 on the
+    CPU goes through an exact look-up table (:mod:`lowbit.formats.lut`; O(1) per element,
+    built on first use and shared by codebooks with the same levels) where a small one
+    resolves the levels; otherwise, and for other dtypes and devices, ``bucketize``.
     """
 
     #: Q when the levels are the integers ``-Q..Q`` of a 4.6-bit pair operand (set by ``sym<N>``), else None;
     #: targets ask this instead of parsing the spec name.
     pair_q: int | None = None
+    _table: Table | None = None
+    _table_of: Tensor | None = None  # the levels tensor _table was made for
 
     def __init__(self, levels: Sequence[float] | Tensor, name: str | None = None) -> None:
         lv = torch.as_tensor(levels, dtype=torch.float32).flatten()
@@ -70,9 +81,27 @@ class Codebook(Format):
     def decode(self, codes: Tensor) -> Tensor:
         return self._levels.to(codes.device)[codes.long()]
 
+    def table(self) -> Table | None:
+        """The exact nearest-level look-up table of these levels, or None when no small table resolves them."""
+        if self._table_of is not self._levels:  # once per level set (a learned codebook's levels change)
+            table = None
+            if self._levels.numel() <= _MAX_TABLE_LEVELS:
+                key = (self._levels.numpy().tobytes(), self._mid.numpy().tobytes())
+                if key not in _TABLES:
+                    if len(_TABLES) >= _MAX_TABLES:
+                        _TABLES.pop(next(iter(_TABLES)))
+                    _TABLES[key] = build_table(self._levels, self._mid)
+                table = _TABLES[key]
+            self._table, self._table_of = table, self._levels
+        return self._table
+
     def quantize(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
         if rounding != "nearest":
             return super().quantize(x, rounding, generator)
+        if x.dtype == torch.float32 and x.device.type == "cpu":
+            table = self.table()
+            if table is not None:
+                return table_round(x, table)
         # Index the levels with bucketize's own int64 output: no code container round trip.
         lv = self._levels.to(device=x.device, dtype=x.dtype)
         return lv[torch.bucketize(x, self._mid.to(device=x.device, dtype=x.dtype))]

@@ -13,7 +13,7 @@ integer zero point), optionally rounded to a power of two (fixed point).
 One file per part: :mod:`.granularity`, :mod:`.scale` (interval -> scale), :mod:`.registry`
 (spec token -> estimator), :mod:`.estimators` (``minmax``, ``p<pct>``, ``mse``),
 :mod:`.clipping` (``octav``, ``prop``, ``absmean``, ``fixed``, ``mx``), :mod:`.learned`
-(``lsq``, ``lsq.<range>``).
+(``lsq``, ``lsq.<range>``), :mod:`.state` (``state``: spiking-neuron states).
 """
 from .granularity import Granularity
 from .registry import range_from_token, range_names, register_range
@@ -21,6 +21,7 @@ from .scale import fixed_point_scale, percentile, scale_from_range
 from .estimators import MSE, MinMax, Percentile, RangeEstimator
 from .clipping import AbsMean, Fixed, MXScale, Octav, Prop
 from .learned import LSQInit, lsq_init_scale
+from .state import StateRange, calibrate_state_range
 
 __all__ = [
     "Granularity",
@@ -35,6 +36,8 @@ __all__ = [
     "MXScale",
     "LSQInit",
     "lsq_init_scale",
+    "StateRange",
+    "calibrate_state_range",
     "register_range",
     "range_from_token",
     "range_names",

@@ -11,11 +11,12 @@ whose weights are all frozen (``requires_grad=False``) are quantized once and
 cached until their values change.
 
 States (SQUAT, snnTorch ``state_quant``): :func:`state_levels` gives the uniform,
-threshold-centred or zero-centred level set of :mod:`lowbit.codebooks` (snnTorch's
-construction); :class:`StateQuantizer` rounds to the nearest level by
-``bucketize`` on the midpoints (O(log L), no [N, L] tensor), passes the gradient
-straight through, and counts clipped states. :func:`calibrate_state_range` turns an
-observed membrane distribution into ``lower_limit`` / ``upper_limit``.
+threshold-centred or zero-centred level set of :func:`lowbit.formats.state_levels`
+(snnTorch's construction); :class:`StateQuantizer` (:mod:`lowbit.quantizers.state`)
+rounds to the nearest level with the codebook's exact look-up table (O(1), no [N, L]
+tensor), passes the gradient straight through, and counts clipped states.
+:func:`calibrate_state_range` (:mod:`lowbit.ranges.state`) turns an observed membrane
+distribution into ``lower_limit`` / ``upper_limit``.
 
 Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) hold the float
 shadow weights and the quantized weights (as QTensors), so resumed training keeps
@@ -24,15 +25,16 @@ full precision and deployment reads the integers.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..formats import STATE_KINDS
 from ..formats import state_levels as _cb_state_levels
-from ..formats import Codebook
+from ..quantizers.state import StateQuantizer
+from ..ranges.state import calibrate_state_range
 from ..qtensor import QTensor, load_qtensors, save_qtensors
 from ..quantizer import Quantizer, quantizer
 
@@ -50,7 +52,6 @@ __all__ = [
 ]
 
 SCOPES = ("population", "connection")
-STATE_KINDS = ("uniform", "thr", "zero")
 
 
 
@@ -159,14 +160,9 @@ class QuantizedConnections:
 
 
 # --------------------------------------------------------------------------- states
-
-
-def _num(x: object, name: str, *, positive: bool = False) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite number, got {x!r}")
-    if positive and x <= 0:
-        raise ValueError(f"{name} must be > 0, got {x!r}")
-    return float(x)
+# One implementation in the core: the levels (lowbit.formats.state_levels), the exact
+# rounding (the Codebook's look-up table), the module (lowbit.quantizers.StateQuantizer)
+# and the calibration (lowbit.ranges.calibrate_state_range, also the ``state`` range).
 
 
 def state_levels(
@@ -181,169 +177,11 @@ def state_levels(
 
     ``uniform``: ``2^b`` evenly spaced levels, both ends included; ``thr`` / ``zero``:
     exponentially spaced, densest next to the threshold / zero. The level sets are
-    :func:`lowbit.codebooks.state_levels`'s (one construction in the project).
+    :func:`lowbit.formats.state_levels`'s (one construction in the project).
     """
     if kind not in STATE_KINDS:
         raise ValueError(f"kind must be one of {STATE_KINDS}, got {kind!r}")
     return _cb_state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier).levels.clone()
-
-
-def _boundary_points(levels: Tensor) -> tuple[Tensor, Tensor]:
-    """Every midpoint and the float32 just above it, with the nearest-level reference there (ties to the lower)."""
-    lv = levels.float()
-    mids = (lv[1:] + lv[:-1]) / 2
-    pts = torch.cat([mids, torch.nextafter(mids, torch.tensor(math.inf)), lv[:1], lv[-1:]])
-    return pts, lv[torch.bucketize(pts, mids)]
-
-
-def _exact(rounder, levels: Tensor) -> bool:  # type: ignore[no-untyped-def]
-    """True when ``rounder`` equals nearest-level rounding for every float32.
-
-    ``rounder`` and the reference are both monotone in ``x``, so they agree
-    everywhere if they agree at each midpoint and at the float32 just above it.
-    """
-    pts, ref = _boundary_points(levels)
-    return bool(torch.equal(rounder(pts), ref))
-
-
-def _bins(x: Tensor, terms: Sequence[tuple[float, float, int]]) -> Tensor:
-    """Table row of every element: a sum of clamped affine bin indices (monotone in ``x``)."""
-    if len(terms) == 1:
-        a, b, n = terms[0]
-        return x.mul(a).add_(b).clamp_(0, n - 1).int()  # clamped to >= 0, so truncation is the floor
-    j = None
-    for a, b, n in terms:
-        t = x.mul(a).add_(b).floor_().clamp_(0, n - 1)
-        j = t if j is None else j.add_(t)
-    return j.int()  # type: ignore[union-attr]
-
-
-def _lut(levels: Tensor, max_bins: int = 1 << 16, max_terms: int = 3) -> tuple[list[tuple[float, float, int]], Tensor] | None:
-    """Look-up table for exact nearest-level rounding in O(1) per element, or None if it would be too large.
-
-    A state's row is :func:`_bins` -- one affine bin index over the whole range,
-    plus finer ones over the regions where levels crowd (next to the threshold
-    for threshold-centred levels) -- so that no row holds two midpoints. A state
-    in a row rounds to its upper level if it is above the row's midpoint (+inf
-    when the row holds none), else to its lower level. The midpoints' rows are
-    computed with the same float32 operations, so the result equals ``bucketize``
-    (and :func:`_exact` checks it).
-    """
-    lv = levels.float()
-    mids = (lv[1:] + lv[:-1]) / 2
-    terms: list[tuple[float, float, int]] = []
-    region = mids
-    while len(terms) < max_terms and region.numel():
-        span = float(region[-1] - region[0]) if region.numel() > 1 else 1.0
-        gaps = region[1:] - region[:-1]
-        min_gap = float(gaps.min()) if gaps.numel() else 1.0
-        if not (span > 0 and min_gap > 0):
-            return None
-        bins = max(8, 2 * math.ceil(span / min_gap))
-        while True:
-            a = torch.tensor(min(bins, max_bins) / span, dtype=torch.float32)
-            trial = terms + [(float(a), float(2.0 - region[0] * a), min(bins, max_bins) + 5)]
-            n = sum(t[2] - 1 for t in trial) + 1
-            counts = torch.bincount(_bins(mids, trial).long(), minlength=n)
-            if int(counts.max()) <= 1 or bins >= max_bins:
-                break
-            bins *= 2
-        terms = trial
-        jm = _bins(mids, terms).long()
-        if int(counts.max()) <= 1:
-            below = torch.cumsum(counts, 0) - counts  # midpoints in earlier rows = index of the lower level
-            has = torch.full((n,), math.inf)
-            has[jm] = mids
-            lo = lv[below]
-            hi = torch.where(counts > 0, lv[(below + 1).clamp(max=lv.numel() - 1)], lo)
-            # (midpoint, lower, upper, pad) as float32, packed into one 16-byte element per row
-            packed = torch.stack([has, lo, hi, torch.zeros(n)], 1).contiguous().view(torch.complex128).reshape(n)
-            table = (terms, packed)
-            return table if _exact(lambda x: _lut_round(x, table), lv) else None
-        region = mids[counts[jm] > 1]  # the crowded midpoints get a finer index of their own
-    return None
-
-
-def _lut_round(x: Tensor, table: tuple[list[tuple[float, float, int]], Tensor]) -> Tensor:
-    terms, packed = table
-    # one gather of 16-byte rows by int32 index (cheaper than an int64 take): midpoint, lower, upper, pad
-    mid, lo, hi, _ = packed.index_select(0, _bins(x, terms).reshape(-1)).view(torch.float32).view(-1, 4).unbind(1)
-    return torch.where(x.reshape(-1) > mid, hi, lo).view(x.shape)
-
-
-class _NearestLevel(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, rounder) -> Tensor:  # type: ignore[no-untyped-def, override]
-        return rounder(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return grad, None  # identity straight-through estimator, no clipping mask
-
-
-class StateQuantizer(nn.Module):
-    """Rounds states to the nearest of a fixed level set; straight-through gradient; counts clipped states.
-
-    Ties go to the lower level (as ``bucketize`` on the midpoints). Rounding uses a
-    look-up table (:func:`_lut`: exact, O(1) per element, no [N, L] tensor, one
-    gather and a few elementwise passes), or ``bucketize`` for other dtypes and
-    devices and for level sets no small table resolves.
-    """
-
-    levels: Tensor
-    mids: Tensor
-
-    def __init__(self, levels: Sequence[float] | Tensor, *, kind: str = "custom", num_bits: int | None = None) -> None:
-        super().__init__()
-        fmt = Codebook(levels)  # validates: >= 2 levels, finite, strictly increasing
-        self.register_buffer("levels", fmt.levels.clone(), persistent=False)
-        self.register_buffer("mids", (fmt.levels[1:] + fmt.levels[:-1]) / 2, persistent=False)
-        self._table = _lut(self.levels)
-        self.kind = kind
-        self.num_bits = num_bits if num_bits is not None else fmt.bits
-        self.track = False
-        self.n_seen = 0
-        self.n_clipped = 0
-
-    @property
-    def lo(self) -> float:
-        """Lowest level."""
-        return float(self.levels[0])
-
-    @property
-    def hi(self) -> float:
-        """Highest level."""
-        return float(self.levels[-1])
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, num_bits={self.num_bits}, range=[{self.lo:.4g}, {self.hi:.4g}]"
-
-    def round(self, x: Tensor) -> Tensor:
-        """Nearest level of every element, no gradient bookkeeping (float32 on CPU: a table; other dtypes: bucketize)."""
-        if self._table is None or x.dtype != torch.float32 or x.device.type != "cpu":
-            return self.levels.to(x)[torch.bucketize(x, self.mids.to(x))]
-        return _lut_round(x, self._table)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Nearest level of every element (ties to the lower level); gradient passes straight through."""
-        if self.track:
-            with torch.no_grad():
-                self.n_seen += x.numel()
-                self.n_clipped += int(((x < self.levels[0]) | (x > self.levels[-1])).sum())
-        return _NearestLevel.apply(x, self.round)
-
-    def rounder(self):  # type: ignore[no-untyped-def]
-        """The plain rounding function for a neuron to apply inside its own update, or None while counting clips."""
-        return None if self.track else self.round
-
-    def start_tracking(self) -> None:
-        """Reset the clip counters and start counting."""
-        self.track, self.n_seen, self.n_clipped = True, 0, 0
-
-    def stop_tracking(self) -> float:
-        """Stop counting; return the fraction of states that fell outside the level range."""
-        self.track = False
-        return self.n_clipped / self.n_seen if self.n_seen else 0.0
 
 
 def state_quantizer(
@@ -355,34 +193,8 @@ def state_quantizer(
     multiplier: float | None = None,
 ) -> StateQuantizer:
     """A ready state quantizer (``uniform``, ``thr`` or ``zero``-centred levels); defaults = snnTorch's."""
-    lv = state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier)
-    return StateQuantizer(lv, kind=kind, num_bits=num_bits)
-
-
-def calibrate_state_range(
-    mem: Tensor, threshold: float = 1.0, lower_pct: float = 0.5, upper_pct: float = 99.5, min_headroom: float = 0.05
-) -> tuple[float, float]:
-    """``(lower_limit, upper_limit)`` covering the observed potentials from ``lower_pct`` to ``upper_pct``.
-
-    The top is kept at least ``min_headroom * threshold`` above the threshold and the
-    bottom at or below zero, so the threshold (and rest) stay inside the range.
-    """
-    if not isinstance(mem, Tensor) or mem.numel() == 0:
-        raise ValueError("mem must be a non-empty tensor of observed membrane potentials")
-    if not torch.isfinite(mem).all():
-        raise ValueError("mem contains NaN or Inf values")
-    thr = _num(threshold, "threshold", positive=True)
-    if not 0 <= lower_pct < upper_pct <= 100:
-        raise ValueError(f"need 0 <= lower_pct < upper_pct <= 100, got {lower_pct}, {upper_pct}")
-    flat = mem.detach().flatten().float()
-    if flat.numel() > 4_000_000:  # torch.quantile's size limit; a strided subsample is plenty
-        flat = flat[:: flat.numel() // 4_000_000 + 1]
-    q = torch.quantile(flat, torch.tensor([lower_pct / 100, upper_pct / 100]))
-    lo = min(float(q[0]), 0.0)
-    hi = max(float(q[1]), thr * (1.0 + min_headroom))
-    if lo == 0.0:
-        lo = -thr * min_headroom
-    return -lo / thr - 1.0, hi / thr - 1.0
+    fmt = _cb_state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier)
+    return StateQuantizer(fmt, kind=kind, num_bits=num_bits)
 
 
 # --------------------------------------------------------------------------- checkpoints
