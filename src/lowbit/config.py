@@ -215,9 +215,9 @@ def _type_named(name: str) -> type:
     t = getattr(nn, name, None)
     if isinstance(t, type) and issubclass(t, nn.Module):
         return t
-    from .nn.handlers import _HANDLERS
+    from .nn.handlers import handled_classes
 
-    for h in _HANDLERS:
+    for h in handled_classes():
         if h.__name__ == name:
             return h
     raise ValueError(f"unknown module type {name!r} in 'type:{name}'; use a torch.nn class name such as Conv2d or Linear")

@@ -21,6 +21,7 @@ __all__ = [
     "Handler",
     "register_handler",
     "handler_for",
+    "handled_classes",
     "handled_types",
     "weight_quantizer",
     "act_quantizer",
@@ -50,6 +51,11 @@ def handler_for(module: nn.Module) -> Handler | None:
 def handled_types() -> list[str]:
     """Names of the module types that have a handler."""
     return sorted(t.__name__ for t in _HANDLERS)
+
+
+def handled_classes() -> list[type]:
+    """The module types that have a handler, in registration order."""
+    return list(_HANDLERS)
 
 
 def is_pact_spec(spec: str | None) -> bool:

@@ -462,7 +462,9 @@ def _structure_inputs(model: nn.Module, seq: list[object]) -> Tensor:
             f"calib is required: layer {missing[0]!r} has no input quantizer, so its activation range must be "
             "calibrated; pass calib=<inputs> (or quantize with an activation spec such as 'w4,a8')"
         )
-    arch = getattr(model, "lowbit_arch", None)
+    from ...info import info_of
+
+    arch = info_of(model).arch
     if not arch or "input_shape" not in arch:
         raise ValueError("calib is required: the model does not record its input shape (not a lowbit reference model)")
     gen = torch.Generator().manual_seed(0)
