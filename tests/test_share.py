@@ -28,6 +28,8 @@ from lowbit.data.images import loader
 from lowbit.nn import QuantLayer
 from lowbit.train import evaluate
 
+from _margins import correct, paired_margin  # tests/_margins.py
+
 
 # --------------------------------------------------------------------------- counting
 
@@ -111,6 +113,8 @@ def test_kmeans_share_per_layer_and_per_network(float_mlp, digits):
     layers = [m for m in net.modules() if isinstance(m, QuantLayer)]
     assert len(layers) == 3 and all(m.converted for m in layers)
     assert len({tuple(m.qweight.fmt.levels.tolist()) for m in layers}) == 1  # one level set for the network
+    # seeds 0-1 x default/avx2 kernels: 8 shared levels cost 0.6-1.4 points on 359 samples;
+    # 5 points is that plus 3 SE of the paired difference (<= 5 samples differ: 1.9 points)
     assert evaluate(net, test) >= acc - 5
     with pytest.raises(ValueError, match="scope"):
         kmeans_share(model, 4, "row")
@@ -197,13 +201,17 @@ def test_fixing_schedule_reaches_all_fixed_and_fixed_weights_stay(float_mlp, dig
 def test_weight_fixing_accuracy_floor_and_codebook_round_trip(float_cnn, digits, tmp_path):
     model, acc = float_cnn
     train, test = loader(digits.train, 64, shuffle=True, seed=0), loader(digits.test, 512)
+    float_ok = correct(model, test)  # before fixing, which may work in place
     torch.manual_seed(0)
     # Weights below 2^-4 go to zero (PWFN's --b 4); one epoch between rounds.
     out = weight_fixing(model, train, epochs_per_round=1, start_epochs=1, min_exp=-4, test_loader=test, progress=False)
     st = share_stats(out)
     got = evaluate(out, test)
-    # Measured here: 98.05 % (float 98.05 %), 12 unique weights, 1.16 bits.
-    assert got >= acc - 1.5, (got, acc)
+    # Measured over seeds 0-1 x ATEN_CPU_CAPABILITY=default/avx2: 0 to +0.8 points over float,
+    # 11-12 unique weights, 1.15-1.17 bits. The target is "within 1.5 points"; on 359 samples
+    # that is 5 samples, so allow 3 SE of the paired difference on top (tests/_margins.py).
+    margin = 100 * paired_margin(float_ok, correct(out, test))
+    assert got >= acc - 1.5 - margin, (got, acc, margin)
     assert st.unique <= 16 and st.entropy <= 2.0, (st.unique, st.entropy)
     log = out.lowbit_fixing_log
     assert [e["target"] for e in log] == list(PWFN_SCHEDULE) and log[-1]["fixed"] == 1.0

@@ -237,8 +237,12 @@ def test_population_scope_shares_one_scale():
 
 @pytest.fixture(scope="module")
 def randman_task():
-    x, y = randman_raster(nb_classes=4, nb_units=20, nb_steps=50, nb_samples=80, dim_manifold=1, seed=0)
-    return split(x, y, 0.2, seed=0)
+    # 4 x 320 samples: 256 to train on, as before, and 1,024 to test on, so that an accuracy is
+    # known to about 1.4 points (one binomial SE) rather than 5 on 64 samples.
+    x, y = randman_raster(nb_classes=4, nb_units=20, nb_steps=50, nb_samples=320, dim_manifold=1, seed=0)
+    xtr, ytr, xte, yte = split(x, y, 0.8, seed=0)
+    assert (len(ytr), len(yte)) == (256, 1024)
+    return xtr, ytr, xte, yte
 
 
 def test_eventprop_learns_randman_float_and_8bit(randman_task):
@@ -247,10 +251,17 @@ def test_eventprop_learns_randman_float_and_8bit(randman_task):
     h = train_eventprop(m, xtr, ytr, epochs=10, batch_size=32, lr=1e-2, seed=0)
     assert h["loss"][-1] < 0.5 * h["loss"][0]
     acc = evaluate(m, xte, yte)
-    assert acc >= 0.8  # chance 0.25; measured 0.89
+    # Floors that hold on any CPU, where rounding gives another trajectory as another seed does:
+    # over 11 trajectories (seeds 0-5 with ATEN_CPU_CAPABILITY=default, 1-5 with avx2), float
+    # 0.82-0.93 (mean 0.88, sd 0.037), 8-bit 0.82-0.94 (mean 0.876, sd 0.036), 8-bit minus float
+    # -0.05 to +0.05 (sd 0.025). Floor = mean - 3 sd - 3 binomial SE (1.3 points on 1,024
+    # samples): 0.73 for both; 8-bit within 0.12 of float (3 sd of the difference, plus 3 SE of
+    # a paired difference, at most sqrt(110) / 1024 = 1 point).
+    assert acc >= 0.72  # chance 0.25
     q = EventPropSNN(20, 32, 4, init_scale=0.5, init_mean=0.05, seed=0).quantize_weights("fxp8:p99")
     train_eventprop(q, xtr, ytr, epochs=10, batch_size=32, lr=1e-2, seed=0, loss="ce")
-    assert evaluate(q, xte, yte) >= acc - 0.1  # measured: see the benchmark
+    q_acc = evaluate(q, xte, yte)
+    assert q_acc >= 0.72 and q_acc >= acc - 0.12
 
 
 def test_first_spike_readout_learns_randman(randman_task):
@@ -258,8 +269,11 @@ def test_first_spike_readout_learns_randman(randman_task):
     m = EventPropSNN(20, 32, 4, readout="ttfs", init_scale=1.0, init_mean=0.05, out_init_scale=1.0, seed=0)
     assert bool((m(xte) > -xte.shape[1]).all())  # every output neuron fires at the start
     h = train_eventprop(m, xtr, ytr, epochs=10, batch_size=32, lr=1e-2, seed=0)  # loss defaults to "ttfs"
-    assert h["loss"][-1] < 0.5 * h["loss"][0]  # measured 1.65 -> 0.34
-    assert evaluate(m, xte, yte) >= 0.7  # chance 0.25; measured 0.84
+    assert h["loss"][-1] < 0.5 * h["loss"][0]  # 11 trajectories: loss falls to 0.14-0.32 of its start
+    # First-spike readouts train far less steadily: over the same 11 trajectories 0.57-0.82
+    # (mean 0.69, sd 0.076); mean - 3 sd - 3 binomial SE (1.6 points) = 0.42; 0.40 is still 15
+    # points above chance (0.25; 1,024 samples put chance within 1.4 points of it).
+    assert evaluate(m, xte, yte) >= 0.40
 
 
 def test_training_is_deterministic(randman_task):
@@ -308,8 +322,13 @@ def test_eventprop_ablation_table():
                              nb_steps=50, nb_samples=80, nb_classes=4, dim_manifold=1)
     rows = res["rows"]
     assert [(r["variant"], r["bits"]) for r in rows] == [("float", 32), ("PTQ", 8), ("QAT", 8)]
-    assert rows[0]["acc"] >= 0.75  # chance 1/4
-    assert abs(rows[1]["acc"] - rows[0]["acc"]) <= 0.1  # 8-bit fixed point barely moves the readout
+    # 64 test samples (the ablation's own split): seeds 0-5 x default/avx2 kernels gave float
+    # 0.80-1.0 (mean 0.95, sd 0.07); mean - 3 sd - 3 binomial SE (5.5 points) = 0.58; chance 1/4
+    assert rows[0]["acc"] >= 0.55
+    # 8-bit fixed point barely moves the readout: it changes at most ~5 % of predictions
+    # (test_snn_train), 3 of 64, so 3 SE of the paired difference is 3 * sqrt(3) / 64 = 0.08;
+    # measured at most 1 sample (0.016)
+    assert abs(rows[1]["acc"] - rows[0]["acc"]) <= 0.1
     assert res["table"].count("\n") == 4 and "PTQ fxp8:p99" in res["table"]
     with pytest.raises(ValueError, match="bits"):
         eventprop_ablation(bits=(1,))
