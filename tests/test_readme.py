@@ -133,3 +133,17 @@ def test_readme_block_runs(block: Block, tmp_path: Path):
         f"README block at line {block.line} ({block.heading}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_subpackages_the_readme_names_are_reachable_after_import_lowbit():
+    # fresh process: the subpackages must load on first attribute access, not at `import lowbit`
+    code = (
+        "import sys, lowbit\n"
+        "print(any(m in sys.modules for m in ('lowbit.snn', 'lowbit.streaming', 'lowbit.targets')))\n"
+        "print(lowbit.streaming.quantize_checkpoint.__module__, lowbit.snn.SNN.__name__,\n"
+        "      lowbit.distributed.train_distributed.__name__, lowbit.algorithms.kmeans_share.__name__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "lowbit.streaming", "SNN", "train_distributed", "kmeans_share"]

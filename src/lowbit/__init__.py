@@ -55,10 +55,17 @@ from .api import calibrate, convert, load, prepare_qat, quantize, save  # noqa: 
 __all__ += ["QuantConfig", "calibrate", "convert", "load", "prepare_qat", "quantize", "save"]  # noqa: E402
 
 
+# subpackages reachable as ``lowbit.<name>`` after a plain ``import lowbit``, imported on first use
+# (snn, targets and data pull in more than the core needs)
+_SUBMODULES = ("algorithms", "data", "distributed", "models", "snn", "streaming", "targets", "train")
+
+
 def __getattr__(name: str) -> object:
-    """Load the names that live outside the core (the 4.6-bit pairs) on first use."""
-    if name in _LAZY:
+    """Load the names that live outside the core (the 4.6-bit pairs, the subpackages) on first use."""
+    if name in _LAZY or name in _SUBMODULES:
         import importlib
 
+        if name in _SUBMODULES:
+            return importlib.import_module(f"{__name__}.{name}")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
