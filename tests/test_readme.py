@@ -147,3 +147,15 @@ def test_subpackages_the_readme_names_are_reachable_after_import_lowbit():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "lowbit.streaming", "SNN", "train_distributed", "kmeans_share"]
+
+
+def test_passing_the_loader_function_as_calib_names_the_argument():
+    # the README once wrote calib=loader (the function); that must fail at once, naming calib
+    import lowbit
+    from lowbit.data import loader
+    from lowbit.models import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10, seed=0)
+    for verb, cfg in ((lowbit.quantize, "w4,a8"), (lowbit.prepare_qat, "w4:lsq,a8")):
+        with pytest.raises(TypeError, match=r"^calib must be batches: .*got function$"):
+            verb(model, cfg, calib=loader)

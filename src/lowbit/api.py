@@ -136,6 +136,14 @@ def _act_quants(model: nn.Module) -> list[ActQuant]:
     return [m for m in model.modules() if isinstance(m, ActQuant)]
 
 
+def _check_calib(calib: object) -> None:
+    # a common slip is passing the loader *function* (calib=loader) instead of a DataLoader
+    if not isinstance(calib, Iterable) or isinstance(calib, (str, bytes)):
+        raise TypeError(
+            f"calib must be batches: a DataLoader, or a list of tensors or (inputs, targets) tuples; got {type(calib).__name__}"
+        )
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module, batches: Iterable[object], max_batches: int = 8, *, sync: Callable[[nn.Module], object] | None = None
@@ -147,6 +155,7 @@ def calibrate(
     """
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    _check_calib(batches)
     aqs = [a for a in _act_quants(model) if not a.learned]
     was = model.training
     model.eval()
@@ -208,6 +217,7 @@ def prepare_qat(
     for a in _act_quants(model):
         a.tracking = not a.learned
     if calib is not None:
+        _check_calib(calib)
         was = model.training
         model.train()
         with torch.no_grad():
