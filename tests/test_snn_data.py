@@ -104,3 +104,20 @@ def test_split():
     assert len(a[1]) == 7 and len(a[3]) == 3 and sorted(torch.cat([a[1], a[3]]).tolist()) == list(range(10))
     with pytest.raises(ValueError, match="test_frac"):
         split(x, y, 1.5)
+
+
+def test_data_is_a_leaf_and_encoders_keep_their_snn_names():
+    import subprocess
+    import sys
+
+    import lowbit.data.encoders as de
+    import lowbit.snn as snn
+    import lowbit.snn.encoders as se
+
+    # one set of functions under both names
+    assert se.latency_encode is de.latency_encode and snn.rate_encode is de.rate_encode
+    assert se.events_to_raster is de.events_to_raster
+    # importing the spiking data sets no longer imports the spiking-network package (no folder cycle)
+    code = "import sys, lowbit.data.spiking; print(sorted(m for m in sys.modules if m.startswith('lowbit.snn')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

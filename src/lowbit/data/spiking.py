@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .encoders import latency_encode, rate_encode
+
 __all__ = [
     "randman_manifold",
     "randman",
@@ -214,8 +216,6 @@ def yin_yang(n_samples: int = 1000, r_small: float = 0.1, r_big: float = 0.5, se
 
 def spiking_yin_yang(n_samples: int = 1000, num_steps: int = 30, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Yin-Yang latency encoded: rasters [n, num_steps, 4] (one spike per feature) and labels."""
-    from ..snn.encoders import latency_encode
-
     x, y = yin_yang(n_samples, seed=seed)
     return latency_encode(x, num_steps, thresh=-1.0), y
 
@@ -225,8 +225,6 @@ def spiking_yin_yang(n_samples: int = 1000, num_steps: int = 30, seed: int = 0) 
 
 def spiking_digits(num_steps: int = 20, encoding: str = "latency", seed: int = 0) -> tuple[Tensor, Tensor]:
     """scikit-learn's 8x8 digits (1797) as spike rasters [1797, num_steps, 64] and labels; needs scikit-learn."""
-    from ..snn.encoders import latency_encode, rate_encode
-
     if encoding not in ("latency", "rate"):
         raise ValueError(f"encoding must be 'latency' or 'rate', got {encoding!r}")
     try:
