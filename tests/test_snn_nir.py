@@ -8,7 +8,7 @@ import torch
 nir = pytest.importorskip("nir")
 
 from lowbit.snn import SNN, state_quantizer  # noqa: E402
-from lowbit.snn.nir_export import export_nir  # noqa: E402
+from lowbit.targets.nir import export_nir  # noqa: E402
 
 
 def test_nir_round_trip_quantized(tmp_path):
