@@ -64,10 +64,6 @@ def _xfail(models: str, modes: str, checks: str, reason: str) -> None:
 
 
 ALL_MODES = " ".join(MODES)
-_xfail("resnet18", ALL_MODES, "no_float_warning",
-       "17 BatchNorms (bn1, every block's bn1/bn2: attributes, not in an nn.Sequential) are not folded and stay float")
-_xfail("resnet8", ALL_MODES, "no_float_warning",
-       "6 BatchNorms (stack*.bn1/bn2: attributes, not in an nn.Sequential) are not folded and stay float")
 _xfail("lstm", ALL_MODES, "no_float_warning", "no handler for nn.Embedding / nn.LSTM: warned, they stay float")
 _xfail("lstm", ALL_MODES, "all_quantized", "embed.weight, lstm.weight_ih_l0 / weight_hh_l0 stay float (no Embedding/LSTM quantization)")
 _xfail("lstm", "qat", "no_grad_exact",

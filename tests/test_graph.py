@@ -1,0 +1,112 @@
+"""The graph path (issue 21): BatchNorm folded wherever a conv/linear feeds it, activation quantizers on graph edges."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lowbit
+from lowbit.nn import fold_bn
+
+
+def _seen(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Give every BatchNorm random statistics (as training would) and return the model in eval mode."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+            m.num_batches_tracked.fill_(1)
+    return model.eval()
+
+
+class Branchy(nn.Module):
+    """A residual block, a ModuleDict branch, getattr-built names and a conv shared by two calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.branch = nn.ModuleDict({"conv": nn.Conv2d(8, 8, 3, padding=1, bias=False), "bn": nn.BatchNorm2d(8)})
+        for i in range(2):
+            setattr(self, f"c{i}", nn.Conv2d(8, 8, 1))
+            setattr(self, f"b{i}", nn.BatchNorm2d(8))
+        self.shared, self.bn_shared = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.fc, self.bnf = nn.Linear(8, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = x + self.branch["bn"](self.branch["conv"](x))
+        for i in range(2):
+            x = F.relu(getattr(self, f"b{i}")(getattr(self, f"c{i}")(x)))
+        y = self.shared(x)
+        x = self.bn_shared(y) + self.shared(y)  # shared is called twice: its BN must not be folded
+        return self.bnf(self.fc(x.mean((2, 3))))
+
+
+def test_fold_bn_follows_the_graph_through_residuals_moduledicts_and_getattr_names():
+    x = torch.randn(2, 3, 8, 8)
+    m = _seen(Branchy(), x)
+    ref = m(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folded = fold_bn(m)
+    assert sorted(folded) == ["b0", "b1", "bn1", "bnf", "branch.bn"]
+    assert isinstance(m.bn1, nn.Identity) and isinstance(m.branch["bn"], nn.Identity) and isinstance(m.bnf, nn.Identity)
+    assert isinstance(m.bn_shared, nn.BatchNorm2d)  # fed by a conv that has another use
+    assert [str(w.message) for w in caught if "bn_shared" in str(w.message)]
+    assert type(m) is Branchy  # the user's class and forward stay
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.ConvTranspose1d(4, 6, 3, stride=2), nn.ConvTranspose2d(4, 6, 3, groups=2, bias=False),
+    nn.Conv3d(4, 6, 3, padding=1), nn.Conv1d(6, 6, 3, groups=6, dilation=2),
+])
+def test_fold_bn_keeps_outputs_of_transposed_grouped_and_3d_convs(conv):
+    dims = conv.weight.dim() - 2
+    bn = [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d][dims - 1](6)
+    m = _seen(nn.Sequential(conv, bn), None)
+    x = torch.randn(2, conv.in_channels, *([5] * dims))
+    ref = m(x)
+    assert fold_bn(m) == ["1"]
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+class Untraceable(nn.Module):
+    """Python control flow on a shape: fx cannot trace it, torch.export can (specialised on the example)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            x = x * 2
+        return F.relu(self.bn(self.conv(x)))
+
+
+def test_fold_bn_falls_back_to_torch_export_then_warns_without_an_example():
+    x = torch.randn(2, 3, 6, 6)
+    m = _seen(Untraceable(), x)
+    ref = m(x)
+    with pytest.warns(UserWarning, match=r"\['bn'\].*could not be traced"):
+        assert fold_bn(m) == []
+    assert fold_bn(m, example=x) == ["bn"]
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_load_refolds_the_same_batchnorms(tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    m = _seen(Branchy(), x)
+    q = lowbit.prepare_qat(m, "w4:lsq")
+    assert sorted(q.lowbit_info.folded) == ["b0", "b1", "bn1", "bnf", "branch.bn"]
+    lowbit.save(q, tmp_path / "m.lowbit")
+    back = lowbit.load(tmp_path / "m.lowbit", model=_seen(Branchy(), x))
+    assert isinstance(back.branch["bn"], nn.Identity) and isinstance(back.bn_shared, nn.BatchNorm2d)
+    assert torch.equal(back.eval()(x), q.eval()(x))
