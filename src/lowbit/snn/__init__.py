@@ -2,13 +2,20 @@
 
 - :mod:`~lowbit.snn.neurons` -- ``LIF``, ``RLIF`` (recurrent), ``LI`` readout;
 - :mod:`~lowbit.snn.surrogate` -- ``fast_sigmoid``, ``atan``;
-- :mod:`~lowbit.snn.encoders` -- ``latency_encode``, ``rate_encode``;
-- :mod:`~lowbit.snn.network` -- ``SNN`` classifier with named connections and populations;
-- :mod:`~lowbit.snn.quant` -- ``WeightQuant`` (per connection / population), ``state_quantizer``, checkpoints;
-- :mod:`~lowbit.snn.train` -- ``train`` (BPTT), ``evaluate``;
-- :mod:`~lowbit.snn.nir_export` -- ``export_nir``;  :mod:`~lowbit.snn.ablation` -- the FP/PTQ/QAT/SQUAT table.
+- :mod:`~lowbit.snn.encoders` -- ``latency_encode``, ``rate_encode`` (they live in :mod:`lowbit.data.encoders`);
+- :mod:`~lowbit.snn.base` -- ``SpikingNetwork``: sizes, named connections and populations, shared by
+- :mod:`~lowbit.snn.network` -- ``SNN`` (BPTT, surrogate gradients) and
+  :mod:`~lowbit.snn.eventprop` -- ``EventPropSNN`` (exact gradients), trained by ``train_eventprop``;
+- :mod:`~lowbit.snn.quant` -- ``WeightQuant`` (per connection / population), ``state_quantizer``;
+- :mod:`~lowbit.snn.verbs` -- ``lowbit.quantize`` / ``prepare_qat`` / ``convert`` / ``save`` / ``load`` for both networks;
+- :mod:`~lowbit.snn.train` -- ``train`` (BPTT), ``evaluate``;  :mod:`~lowbit.snn.ablation` -- the FP/PTQ/QAT/SQUAT table.
+
+NIR export is a target: :func:`lowbit.targets.nir.export_nir`.
 """
+from .base import SpikingNetwork
 from .encoders import latency_encode, rate_encode
+from .eventprop import EventPropSNN
+from .eventprop_train import train_eventprop
 from .network import SNN
 from .neurons import LI, LIF, RLIF, LIFState
 from .quant import (
@@ -29,6 +36,8 @@ __all__ = [
     "LIFState",
     "RLIF",
     "SNN",
+    "EventPropSNN",
+    "SpikingNetwork",
     "StateQuantizer",
     "WeightQuant",
     "atan",
@@ -44,4 +53,5 @@ __all__ = [
     "state_levels",
     "state_quantizer",
     "train",
+    "train_eventprop",
 ]

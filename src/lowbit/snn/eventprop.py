@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from .neurons import READOUTS
 from .neurons import decay, readout_weights
-from .quant import QuantizedConnections, WeightQuant
+from .base import SpikingNetwork
 
 __all__ = ["EventPropSNN", "EventPropFunction", "reference_forward", "eventprop_loss", "EP_READOUTS", "EP_LOSSES"]
 
@@ -408,7 +408,7 @@ def eventprop_loss(logits: Tensor, y: Tensor, loss: str = "ce", *, tau0: float =
     return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
 
 
-class EventPropSNN(QuantizedConnections, nn.Module):
+class EventPropSNN(SpikingNetwork):
     """LIF network (exponential synapses, optional recurrence) with a leaky-integrator readout, trained by EventProp.
 
     ``method="bptt"`` runs the same discretisation through autograd instead (exact, memory per step).
@@ -440,13 +440,8 @@ class EventPropSNN(QuantizedConnections, nn.Module):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
-        hidden = [n_hidden] if isinstance(n_hidden, int) and not isinstance(n_hidden, bool) else list(n_hidden)  # type: ignore[arg-type]
-        for name, v in (("n_in", n_in), ("n_out", n_out)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"n_hidden must be a positive int or a non-empty list of them, got {n_hidden!r}")
+        super().__init__(n_in, n_hidden, n_out)
+        hidden = self.sizes[1:-1]
         if readout not in EP_READOUTS:
             raise ValueError(f"readout must be one of {EP_READOUTS}, got {readout!r}")
         if reset not in EP_RESETS:
@@ -469,7 +464,6 @@ class EventPropSNN(QuantizedConnections, nn.Module):
             out_alpha = alpha if readout == "ttfs" else 0.0
         self.cfg = _Cfg(len(hidden), bool(recurrent), alpha, beta, float(threshold), out_alpha, out_beta, readout, reset,
                         chunk_steps)
-        self.sizes = [n_in, *hidden, n_out]
         self.recurrent = bool(recurrent)
         self.method = method
         g = torch.Generator().manual_seed(seed)
@@ -486,38 +480,19 @@ class EventPropSNN(QuantizedConnections, nn.Module):
                 self.rec.append(init(h, h, 0.0))
         # a spiking (TTFS) output is initialised like a hidden layer, a leaky-integrator readout around 0
         self.w_out = init(n_out, hidden[-1], init_mean if readout == "ttfs" else 0.0, out_init_scale)
-        self.weight_quant: WeightQuant | None = None
 
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"sizes={self.sizes}, recurrent={self.recurrent}, alpha={c.alpha:.4g}, beta={c.beta:.4g}, "
                 f"threshold={c.thr:g}, reset={'subtract' if c.subtract else 'zero'!r}, readout={c.readout!r}, method={self.method!r}")
 
-    def connections(self) -> dict[str, Tensor]:
-        """Every weight matrix by connection name (post x pre): fc<k>, rec<k>, out."""
-        out: dict[str, Tensor] = {}
-        for k in range(self.cfg.n_layers):
-            out[f"fc{k}"] = self.fc[k]
-            if self.recurrent:
-                out[f"rec{k}"] = self.rec[k]
-        out["out"] = self.w_out
-        return out
-
-    def connection_params(self) -> dict[str, str]:
-        """Connection name -> parameter name in ``named_parameters()``."""
-        out: dict[str, str] = {}
-        for k in range(self.cfg.n_layers):
-            out[f"fc{k}"] = f"fc.{k}"
-            if self.recurrent:
-                out[f"rec{k}"] = f"rec.{k}"
-        out["out"] = "w_out"
-        return out
+    def recurrent_param(self, k: int) -> str | None:
+        """Hidden layer ``k``'s recurrent weights (``rec.<k>``) when the network is recurrent."""
+        return f"rec.{k}" if self.recurrent else None
 
     def forward(self, x: Tensor) -> Tensor:
         """Readout [batch, n_out] for spike input ``x`` [batch, time, n_in] (gradients by EventProp or BPTT)."""
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.sizes[0] or x.shape[1] < 1:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape [batch, time, {self.sizes[0]}], got {shape}")
+        self.check_input(x)
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or Inf values")
         ws = list(self.effective_weights().values())  # once per forward pass (= per batch), not per step

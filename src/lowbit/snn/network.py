@@ -15,12 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from .neurons import LI, LIF, RLIF, StateQuant, linear_seq
-from .quant import QuantizedConnections, WeightQuant
+from .base import SpikingNetwork
 
 __all__ = ["SNN"]
 
 
-class SNN(QuantizedConnections, nn.Module):
+class SNN(SpikingNetwork):
     """Spiking classifier with explicit, quantizable connections; input [batch, time, n_in] -> logits."""
 
     def __init__(
@@ -44,19 +44,13 @@ class SNN(QuantizedConnections, nn.Module):
         init_scale: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        hidden = [n_hidden] if isinstance(n_hidden, int) else list(n_hidden)
-        for name, v in (("n_in", n_in), ("n_out", n_out)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"n_hidden must be a positive int or a non-empty list of them, got {n_hidden!r}")
+        super().__init__(n_in, n_hidden, n_out)
+        hidden = self.sizes[1:-1]
         if beta is None and tau_mem is None:
             beta = 0.9
         if out_beta is None and out_tau_mem is None:
             out_beta, out_tau_mem = (beta, tau_mem)
         g = torch.Generator().manual_seed(seed)
-        self.sizes = [n_in, *hidden, n_out]
         self.recurrent = bool(recurrent)
         kw = dict(beta=beta, tau_mem=tau_mem, dt=dt, alpha=alpha, tau_syn=tau_syn, threshold=threshold,
                   reset=reset, surrogate=surrogate)
@@ -71,29 +65,12 @@ class SNN(QuantizedConnections, nn.Module):
                 self.hidden.append(LIF(h, **kw))
         self.w_out = nn.Parameter(torch.randn(n_out, hidden[-1], generator=g) * (1.0 / math.sqrt(hidden[-1])))
         self.readout = LI(n_out, beta=out_beta, tau_mem=out_tau_mem, dt=dt, readout=readout)
-        self.weight_quant: WeightQuant | None = None
 
     # ------------------------------------------------------------------ structure
 
-    def connections(self) -> dict[str, Tensor]:
-        """Every weight matrix by connection name (post x pre): fc<k>, rec<k>, out."""
-        out: dict[str, Tensor] = {}
-        for k, neuron in enumerate(self.hidden):
-            out[f"fc{k}"] = self.fc[k]
-            if isinstance(neuron, RLIF):
-                out[f"rec{k}"] = neuron.weight_rec
-        out["out"] = self.w_out
-        return out
-
-    def connection_params(self) -> dict[str, str]:
-        """Connection name -> parameter name in ``named_parameters()``."""
-        out: dict[str, str] = {}
-        for k, neuron in enumerate(self.hidden):
-            out[f"fc{k}"] = f"fc.{k}"
-            if isinstance(neuron, RLIF):
-                out[f"rec{k}"] = f"hidden.{k}.weight_rec"
-        out["out"] = "w_out"
-        return out
+    def recurrent_param(self, k: int) -> str | None:
+        """Hidden layer ``k``'s recurrent weights live in its RLIF neurons (none for plain LIF)."""
+        return f"hidden.{k}.weight_rec" if isinstance(self.hidden[k], RLIF) else None
 
     # ------------------------------------------------------------------ quantization
 
@@ -112,9 +89,7 @@ class SNN(QuantizedConnections, nn.Module):
 
     def run(self, x: Tensor, record: bool = False) -> dict[str, object]:
         """Forward pass returning logits and, if ``record``, each layer's spikes and membrane traces."""
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.sizes[0]:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape [batch, time, {self.sizes[0]}], got {shape}")
+        self.check_input(x)
         w = self.effective_weights()  # once per forward pass, not per time step
         h = x
         spikes, mems = [], []
