@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .config import QuantConfig, as_config
 from .info import STAGES, LowbitInfo, info_of, set_info
+from .model_handlers import model_handler_for
 from .nn.act import PACT, ActQuant
 from .nn.fold import fold_bn
 from .nn.handlers import handled_types, handler_for, is_pact_spec
@@ -190,6 +191,8 @@ def quantize(
     inplace: bool = False,
 ) -> nn.Module:
     """Post-training quantization: swap modules, fit weight scales, calibrate activation ranges."""
+    if (h := model_handler_for(model)) is not None:  # a whole-model handler (spiking networks: lowbit.snn.verbs)
+        return h.quantize(model, config, calib, inplace=inplace)
     model, cfg = _prepare(model, config, inplace)
     model.eval()
     with torch.no_grad():
@@ -213,6 +216,8 @@ def prepare_qat(
     inplace: bool = False,
 ) -> nn.Module:
     """Ready a model for quantization-aware training: shadow float weights, fake-quantized forward."""
+    if (h := model_handler_for(model)) is not None:  # a whole-model handler (spiking networks: lowbit.snn.verbs)
+        return h.prepare_qat(model, config, calib, inplace=inplace)
     model, cfg = _prepare(model, config, inplace)
     for a in _act_quants(model):
         a.tracking = not a.learned
@@ -236,6 +241,8 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantLayer]:
 
 def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Freeze to integer weights (QTensor codes + scales) and fixed activation scales, for inference."""
+    if (h := model_handler_for(model)) is not None:  # a whole-model handler (spiking networks: lowbit.snn.verbs)
+        return h.convert(model, inplace=inplace)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     layers = quantized_layers(model)
@@ -269,6 +276,8 @@ def save(model: nn.Module, path: "str | os.PathLike[str]", *, metadata: Mapping[
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if (h := model_handler_for(model)) is not None:  # a whole-model handler (spiking networks: lowbit.snn.verbs)
+        return h.save(model, path, metadata)
     layers = quantized_layers(model)
     tensors: dict[str, object] = {}
     for k, v in model.state_dict().items():
@@ -305,6 +314,8 @@ def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.M
     for any other model pass ``model=`` a float instance of the same architecture
     (its values are overwritten).
     """
+    if model is not None and (h := model_handler_for(model)) is not None:  # spiking networks: lowbit.snn.verbs
+        return h.load(path, model)
     tensors, meta = load_qtensors(path, with_metadata=True)
     if meta.get("lowbit.model") != "1":
         raise ValueError(f"{path} is a lowbit tensor file but not a model written by lowbit.save")

@@ -16,6 +16,7 @@ One-line form (the command line): comma-separated items::
     w4, a8                     # shorthands: every layer, weights and inputs
     w4:lsq, type:Linear=int8   # 'w4:lsq' = int4:channel:lsq
     w2:lsq, fold_bn=false
+    fxp4:p99, scope=connection # spiking networks: one scale per connection (default: per population)
 
 Shorthands: ``w<b>`` = ``int<b>:channel:mse``; ``w<b>:<tokens>`` = ``int<b>:channel:<tokens>``
 (or ``<tokens>`` when they start with a format, e.g. ``w4:nf4:group64``);
@@ -39,6 +40,7 @@ __all__ = ["QuantConfig", "as_config", "expand_spec", "Pattern"]
 Pattern = Union[str, type]
 
 _NONE = ("none", "float", "fp32", "")
+SCOPES = ("population", "connection")  # spiking networks: which weights share a scale
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -114,6 +116,7 @@ class QuantConfig:
     weights: dict[Pattern, str | None] = field(default_factory=lambda: {"*": "int8:channel"})
     acts: dict[Pattern, str | None] = field(default_factory=dict)
     fold_bn: bool = True
+    scope: str = "population"  # spiking networks: one weight scale per population or per connection
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, Mapping) or not isinstance(self.acts, Mapping):
@@ -127,6 +130,8 @@ class QuantConfig:
         self._parsed_a: dict[Pattern, QuantSpec | None] = {k: v[1] for k, v in a.items()}
         if not isinstance(self.fold_bn, bool):
             raise TypeError(f"fold_bn must be a bool, got {self.fold_bn!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
 
     # ------------------------------------------------------------------ string form
 
@@ -137,7 +142,7 @@ class QuantConfig:
             raise ValueError(f"config must be a non-empty string such as 'w4,a8' or '*=int4:channel:mse', got {text!r}")
         weights: dict[Pattern, str | None] = {}
         acts: dict[Pattern, str | None] = {}
-        fold = True
+        fold, scope = True, "population"
         for item in (i.strip() for i in text.split(",")):
             if not item:
                 continue
@@ -159,6 +164,9 @@ class QuantConfig:
                     raise ValueError(f"config item {item!r}: fold_bn must be true or false")
                 fold = value.lower() in _TRUE
                 continue
+            if key == "scope":
+                scope = value.lower()
+                continue
             target = weights
             if key.startswith("a:"):
                 target, key = acts, key[2:]
@@ -166,13 +174,15 @@ class QuantConfig:
                 key = key[2:]
             pattern: Pattern = _type_named(key[5:]) if key.startswith("type:") else key
             target[pattern] = value
-        return cls(weights, acts, fold)
+        return cls(weights, acts, fold, scope)
 
     def __str__(self) -> str:
         items = [f"{_pattern_str(k)}={v or 'none'}" for k, v in self.weights.items()]
         items += [f"a:{_pattern_str(k)}={v or 'none'}" for k, v in self.acts.items()]
         if not self.fold_bn:
             items.append("fold_bn=false")
+        if self.scope != "population":
+            items.append(f"scope={self.scope}")
         return ",".join(items)
 
     # ------------------------------------------------------------------ matching

@@ -22,13 +22,12 @@ from .quant import (
     StateQuantizer,
     WeightQuant,
     calibrate_state_range,
-    load_checkpoint,
-    save_checkpoint,
     state_levels,
     state_quantizer,
 )
 from .surrogate import atan, fast_sigmoid
 from .train import evaluate, predict, record_membrane, train
+from .verbs import load_checkpoint, save_checkpoint  # importing verbs registers the networks with lowbit's verbs
 
 __all__ = [
     "LI",

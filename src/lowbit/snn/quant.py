@@ -18,14 +18,15 @@ tensor), passes the gradient straight through, and counts clipped states.
 :func:`calibrate_state_range` (:mod:`lowbit.ranges.state`) turns an observed membrane
 distribution into ``lower_limit`` / ``upper_limit``.
 
-Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) hold the float
-shadow weights and the quantized weights (as QTensors), so resumed training keeps
-full precision and deployment reads the integers.
+After :meth:`WeightQuant.convert_` (``lowbit.convert``) the integer codes are fixed: the
+connections hold their dequantized values and the forward pass uses them as they are.
+
+Files: ``lowbit.save`` / ``lowbit.load`` (:mod:`lowbit.snn.verbs`). ``save_checkpoint`` /
+``load_checkpoint`` are deprecated wrappers over them, importable here as before.
 """
 from __future__ import annotations
 
-import json
-import os
+import importlib
 from typing import Mapping, Sequence
 
 import torch
@@ -35,7 +36,7 @@ from ..formats import STATE_KINDS
 from ..formats import state_levels as _cb_state_levels
 from ..quantizers.state import StateQuantizer
 from ..ranges.state import calibrate_state_range
-from ..qtensor import QTensor, load_qtensors, save_qtensors
+from ..qtensor import QTensor
 from ..quantizer import Quantizer, quantizer
 
 __all__ = [
@@ -59,9 +60,12 @@ SCOPES = ("population", "connection")
 
 
 class WeightQuant(nn.Module):
-    """Fake-quantizes named weights in groups that share a scale, once per forward pass."""
+    """Fake-quantizes named weights in groups that share a scale, once per forward pass.
 
-    def __init__(self, groups: Mapping[str, Sequence[str]], spec: str = "fxp8:p99") -> None:
+    ``spec`` is one spec for every group, or a mapping group -> spec.
+    """
+
+    def __init__(self, groups: Mapping[str, Sequence[str]], spec: str | Mapping[str, str] = "fxp8:p99") -> None:
         super().__init__()
         if not isinstance(groups, Mapping) or not groups:
             raise ValueError("groups must be a non-empty mapping of group name -> connection names")
@@ -73,13 +77,25 @@ class WeightQuant(nn.Module):
             if dup:
                 raise ValueError(f"connection(s) {sorted(dup)} appear in more than one group")
             seen.update(names)
-        self.spec = spec
         self.groups = {str(g): list(n) for g, n in groups.items()}
-        self.quantizers = nn.ModuleDict({g: quantizer(spec) for g in self.groups})
+        specs = {g: spec for g in self.groups} if isinstance(spec, str) else {str(g): s for g, s in dict(spec).items()}
+        if set(specs) != set(self.groups) or not all(isinstance(v, str) for v in specs.values()):
+            raise ValueError(f"spec must be one spec string or one per group {sorted(self.groups)}, got {spec!r}")
+        self.specs = {g: specs[g] for g in self.groups}
+        # one spec for all (the usual case) reads as that spec; mixed specs as 'group=spec' items
+        same = len(set(self.specs.values())) == 1
+        self.spec = next(iter(self.specs.values())) if same else ",".join(f"{g}={v}" for g, v in self.specs.items())
+        self.quantizers = nn.ModuleDict({g: quantizer(self.specs[g]) for g in self.groups})
+        self.qweights: dict[str, QTensor] | None = None  # the fixed integer weights once converted
         self._static: dict[str, tuple[tuple[int, ...], dict[str, Tensor]]] = {}
 
+    @property
+    def converted(self) -> bool:
+        """True once the integer weights are fixed (:meth:`convert_`)."""
+        return self.qweights is not None
+
     def extra_repr(self) -> str:
-        return f"spec={self.spec!r}, groups={self.groups}"
+        return f"spec={self.spec!r}, groups={self.groups}" + (", converted" if self.converted else "")
 
     def forward(self, weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Quantized weights by name (straight-through to the float ones); names outside the groups pass as is."""
@@ -88,6 +104,8 @@ class WeightQuant(nn.Module):
             missing = [n for n in names if n not in weights]
             if missing:
                 raise ValueError(f"weights lacks connection(s) {missing} of group {g!r}")
+            if self.converted:
+                continue  # the connections hold their dequantized integer weights already
             ws = [weights[n] for n in names]
             static = not any(w.requires_grad for w in ws)
             key = tuple(w._version for w in ws) + tuple(w.data_ptr() for w in ws)
@@ -104,7 +122,9 @@ class WeightQuant(nn.Module):
         return out
 
     def encode(self, weights: Mapping[str, Tensor]) -> dict[str, QTensor]:
-        """Integer codes of every grouped weight (scales fitted per group as in forward)."""
+        """Integer codes of every grouped weight (scales fitted per group as in forward; the fixed ones once converted)."""
+        if self.qweights is not None:
+            return dict(self.qweights)
         out: dict[str, QTensor] = {}
         for g, names in self.groups.items():
             q: Quantizer = self.quantizers[g]  # type: ignore[assignment]
@@ -119,6 +139,30 @@ class WeightQuant(nn.Module):
     def scales(self) -> dict[str, Tensor]:
         """The last fitted scale of every group."""
         return {g: q.scale.clone() for g, q in self.quantizers.items()}
+
+    @torch.no_grad()
+    def convert_(self, weights: Mapping[str, Tensor]) -> dict[str, QTensor]:
+        """Fix the integer weights of ``weights`` and write their dequantized values into them; returns the codes."""
+        return self.set_qweights(self.encode(weights), weights)
+
+    @torch.no_grad()
+    def set_qweights(self, qweights: Mapping[str, QTensor], weights: Mapping[str, Tensor]) -> dict[str, QTensor]:
+        """Adopt fixed integer weights (a converted model's, or a file's): ``weights`` take their dequantized values."""
+        names = [n for ns in self.groups.values() for n in ns]
+        missing = [n for n in names if n not in qweights or n not in weights]
+        if missing:
+            raise ValueError(f"qweights and weights must hold every grouped connection; missing {missing}")
+        for n in names:
+            w, v = weights[n], qweights[n].dequantize()
+            if v.shape != w.shape:
+                raise ValueError(f"connection {n!r}: integer weights of shape {tuple(v.shape)} != {tuple(w.shape)}")
+            w.copy_(v)
+            w.requires_grad_(False)  # integer weights are not trained further
+        for g, ns in self.groups.items():  # the group's scale, for readers of scales()
+            self.quantizers[g].set_scale(qweights[ns[0]].scale)
+        self.qweights = {n: qweights[n] for n in names}
+        self._static.clear()
+        return dict(self.qweights)
 
 
 class QuantizedConnections:
@@ -200,46 +244,8 @@ def state_quantizer(
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
-    """Write the float shadow parameters and (if the model quantizes weights) the quantized weights."""
-    tensors: dict[str, Tensor | QTensor] = {f"shadow.{n}": p.detach() for n, p in model.named_parameters()}
-    wq = getattr(model, "weight_quant", None)
-    meta = dict(metadata or {})
-    if isinstance(wq, WeightQuant):
-        conns = model.connections()  # type: ignore[operator]
-        for n, qt in wq.encode(conns).items():
-            tensors[f"quant.{n}"] = qt
-        meta["weight_spec"] = wq.spec
-        meta["weight_groups"] = json.dumps(wq.groups)
-    save_qtensors(path, tensors, meta)
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], weights: str = "shadow") -> dict[str, str]:
-    """Load a checkpoint into ``model``: ``weights='shadow'`` (resume) or ``'quantized'`` (deploy); returns metadata."""
-    if weights not in ("shadow", "quantized"):
-        raise ValueError(f"weights must be 'shadow' or 'quantized', got {weights!r}")
-    entries, meta = load_qtensors(path, with_metadata=True)
-    params = dict(model.named_parameters())
-    shadow = {k[len("shadow."):]: v for k, v in entries.items() if k.startswith("shadow.")}
-    if set(shadow) != set(params):
-        raise ValueError(
-            f"checkpoint {path} does not match the model: missing {sorted(set(params) - set(shadow))}, "
-            f"unexpected {sorted(set(shadow) - set(params))}"
-        )
-    quant = {k[len("quant."):]: v for k, v in entries.items() if k.startswith("quant.")}
-    if weights == "quantized" and not quant:
-        raise ValueError(f"checkpoint {path} holds no quantized weights (the model was saved without weight quantization)")
-    conn_param = getattr(model, "connection_params", lambda: {})()
-    with torch.no_grad():
-        for n, p in params.items():
-            v = shadow[n]
-            if v.shape != p.shape:
-                raise ValueError(f"parameter {n!r}: checkpoint shape {tuple(v.shape)} != model shape {tuple(p.shape)}")
-            p.copy_(v)
-        if weights == "quantized":
-            for conn, qt in quant.items():
-                pname = conn_param.get(conn, conn)
-                if pname not in params:
-                    raise ValueError(f"quantized weight {conn!r} has no parameter in the model")
-                params[pname].copy_(qt.dequantize() if isinstance(qt, QTensor) else qt)
-    return meta
+def __getattr__(name: str) -> object:
+    # the deprecated checkpoint functions live with the verbs they wrap (snn/verbs.py imports this module)
+    if name in ("save_checkpoint", "load_checkpoint"):
+        return getattr(importlib.import_module("lowbit.snn.verbs"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
