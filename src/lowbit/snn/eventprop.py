@@ -466,6 +466,7 @@ class EventPropSNN(SpikingNetwork):
                         chunk_steps)
         self.recurrent = bool(recurrent)
         self.method = method
+        self.dt = float(dt)  # the step the decays were computed for (NIR export turns them back into time constants)
         g = torch.Generator().manual_seed(seed)
 
         def init(post: int, pre: int, mean: float, scale: float = init_scale) -> nn.Parameter:
