@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import QuantConfig, as_config
+from .graph import freeze_edges, quantize_edges
 from .info import STAGES, LowbitInfo, info_of, set_info
 from .model_handlers import model_handler_for
 from .nn.act import PACT, ActQuant
@@ -117,7 +118,9 @@ def _prepare(model: nn.Module, config: object, inplace: bool) -> tuple[nn.Module
         model.eval()
         folded = fold_bn(model)
         model.train(was)
-    set_info(model, stage="float", folded=tuple(folded), layers=_swap(model, cfg), config=str(cfg), fold_bn=cfg.fold_bn)
+    layers = _swap(model, cfg)
+    model = quantize_edges(model, cfg, layers)  # the graph path, where forward has functional ops (lowbit.graph)
+    set_info(model, stage="float", folded=tuple(folded), layers=layers, config=str(cfg), fold_bn=cfg.fold_bn)
     return model, cfg
 
 
@@ -257,6 +260,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 m.convert_()
             except ValueError as e:
                 raise ValueError(f"layer {name!r}: {e}") from None
+        freeze_edges(model)
     set_info(model, info_of(model).converted())
     model.eval()
     return model
@@ -365,6 +369,8 @@ def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.M
                 new.set_qweight(qt)
             except ValueError as e:
                 raise ValueError(f"{path}: layer {name!r}: {e}; is it the same architecture?") from None
+    if saved.config:  # the graph path re-traces the float model and inserts the same edge quantizers
+        model = quantize_edges(model, as_config(saved.config), {n: dict(d) for n, d in saved.layers.items()})
     state = {k: v for k, v in tensors.items() if not k.endswith(":q") and isinstance(v, Tensor)}
     for k, v in tensors.items():
         if isinstance(v, QTensor) and not k.endswith(":q"):
