@@ -110,3 +110,31 @@ def test_load_refolds_the_same_batchnorms(tmp_path):
     back = lowbit.load(tmp_path / "m.lowbit", model=_seen(Branchy(), x))
     assert isinstance(back.branch["bn"], nn.Identity) and isinstance(back.bn_shared, nn.BatchNorm2d)
     assert torch.equal(back.eval()(x), q.eval()(x))
+
+
+@pytest.mark.parametrize("conv, shape", [
+    (nn.Conv1d(6, 6, 3, groups=6, dilation=2, stride=2), (2, 6, 20)),
+    (nn.Conv2d(4, 8, 3, groups=2, stride=2, padding=2, dilation=2), (2, 4, 9, 9)),
+    (nn.Conv3d(2, 4, 3, padding=1), (2, 2, 5, 5, 5)),
+    (nn.ConvTranspose1d(4, 6, 3, stride=2, output_padding=1), (2, 4, 7)),
+    (nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2, dilation=2), (2, 4, 5, 5)),
+])
+def test_convolutions_quantize_per_output_channel_and_convert_exactly(conv, shape, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv).eval()
+    x = torch.randn(*shape)
+    q = lowbit.quantize(model, "w4,a8", calib=[x])
+    layer = q[0]
+    assert type(layer).__name__ == "Quant" + type(conv).__name__
+    w = layer.quantized_weight().detach()
+    out_axis = 1 if isinstance(conv, nn.modules.conv._ConvTransposeNd) else 0
+    # per output channel: every slice along the output axis uses its own grid of at most 16 levels
+    for j in range(w.shape[out_axis]):
+        assert len(torch.unique(w.select(out_axis, j))) <= 16
+    scale = layer.weight_quant.scale.flatten()
+    assert scale.numel() == w.shape[out_axis]
+    torch.testing.assert_close(q(x), model(x), rtol=0.2, atol=0.3)  # 4-bit weights: close to float, not equal
+    c = lowbit.convert(q)
+    assert torch.equal(c(x), q(x))
+    lowbit.save(c, tmp_path / "c.lowbit")
+    assert torch.equal(lowbit.load(tmp_path / "c.lowbit", model=model)(x), c(x))

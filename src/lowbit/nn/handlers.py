@@ -1,13 +1,17 @@
 """The registry that maps module types to the handler that quantizes them (torchao style).
 
 A handler takes ``(module, weight_spec, act_spec)`` and returns the module that
-replaces it. Built in: ``nn.Linear`` -> :class:`QuantLinear`, ``nn.Conv1d`` /
-``nn.Conv2d`` -> :class:`QuantConv1d` / :class:`QuantConv2d` (weights, and the
-input when an activation spec is given), ``nn.ReLU`` -> :class:`PACT` when the
+replaces it. Built in: ``nn.Linear`` -> :class:`QuantLinear`, ``nn.Conv1d/2d/3d``
+-> :class:`QuantConv1d` / ``2d`` / ``3d`` (grouped, depthwise, strided, dilated),
+``nn.ConvTranspose1d/2d/3d`` -> :class:`QuantConvTranspose1d` / ... (per-channel
+scales along the weight's output axis 1; with ``groups > 1`` one scale serves the
+same output index of every group) — weights, and the input when an activation
+spec is given; ``nn.ReLU`` -> :class:`PACT` when the
 activation spec has the ``pact`` token. Add more with :func:`register_handler`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from torch import Tensor, nn
@@ -15,7 +19,9 @@ from torch import Tensor, nn
 from ..formats import Uniform
 from ..quantizers import QuantSpec, Quantizer, build_quantizer, parse_spec
 from .act import PACT, ActQuant
-from .layers import QuantConv1d, QuantConv2d, QuantLinear
+from .layers import (
+    QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose1d, QuantConvTranspose2d, QuantConvTranspose3d, QuantLinear,
+)
 
 __all__ = [
     "Handler",
@@ -94,6 +100,25 @@ def _layer_handler(cls: type) -> Handler:
     return handle
 
 
+def _output_channel_axis(spec: str | None, axis: int) -> str | None:
+    """``spec`` with its per-channel scales along ``axis`` (a ConvTranspose's output channels are axis 1)."""
+    if not spec:
+        return spec
+    p = parse_spec(spec)
+    if p.granularity != "channel":
+        return spec
+    return str(dataclasses.replace(p, granularity=f"channel{axis}"))
+
+
+def _transposed_handler(cls: type) -> Handler:
+    plain = _layer_handler(cls)
+
+    def handle(mod: nn.Module, wspec: str | None, aspec: str | None) -> nn.Module:
+        return plain(mod, _output_channel_axis(wspec, 1), aspec)
+
+    return handle
+
+
 def _relu_handler(mod: nn.Module, wspec: str | None, aspec: str | None) -> nn.Module:
     if is_pact_spec(aspec):
         return PACT(_pact_bits(aspec))  # type: ignore[arg-type]
@@ -103,4 +128,8 @@ def _relu_handler(mod: nn.Module, wspec: str | None, aspec: str | None) -> nn.Mo
 register_handler(nn.Linear, _layer_handler(QuantLinear))
 register_handler(nn.Conv1d, _layer_handler(QuantConv1d))
 register_handler(nn.Conv2d, _layer_handler(QuantConv2d))
+register_handler(nn.Conv3d, _layer_handler(QuantConv3d))
+register_handler(nn.ConvTranspose1d, _transposed_handler(QuantConvTranspose1d))
+register_handler(nn.ConvTranspose2d, _transposed_handler(QuantConvTranspose2d))
+register_handler(nn.ConvTranspose3d, _transposed_handler(QuantConvTranspose3d))
 register_handler(nn.ReLU, _relu_handler)

@@ -24,7 +24,10 @@ from ..qtensor import QTensor
 from ..quantizer import Quantizer
 from .act import ActQuant
 
-__all__ = ["QuantLinear", "QuantConv1d", "QuantConv2d", "QuantLayer", "is_quant_layer"]
+__all__ = [
+    "QuantLinear", "QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantConvTranspose1d", "QuantConvTranspose2d",
+    "QuantConvTranspose3d", "QuantLayer", "is_quant_layer",
+]
 
 
 class QuantLayer:
@@ -171,6 +174,72 @@ class QuantConv2d(_QuantConvNd, nn.Conv2d):
 
     def __init__(self, *args: Any, weight_quant: Quantizer | None = None, input_quant: ActQuant | None = None, **kwargs: Any) -> None:
         nn.Conv2d.__init__(self, *args, **kwargs)
+        self._init_quant(weight_quant, input_quant)
+
+
+class QuantConv3d(_QuantConvNd, nn.Conv3d):
+    """``nn.Conv3d`` with a quantized weight and an optional input quantizer."""
+
+    def __init__(self, *args: Any, weight_quant: Quantizer | None = None, input_quant: ActQuant | None = None, **kwargs: Any) -> None:
+        nn.Conv3d.__init__(self, *args, **kwargs)
+        self._init_quant(weight_quant, input_quant)
+
+
+class _QuantConvTransposeNd(QuantLayer):
+    """A transposed conv: its weight is ``[in, out/groups, *kernel]``, so per-output-channel scales run along axis 1."""
+
+    _fn: Any
+
+    @classmethod
+    def from_float(cls, mod: Any, weight_quant: Quantizer | None, input_quant: ActQuant | None = None) -> Any:
+        """A quantized transposed conv sharing ``mod``'s weight and bias."""
+        new = cls(  # type: ignore[call-arg]
+            mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+            output_padding=mod.output_padding, groups=mod.groups, bias=mod.bias is not None, dilation=mod.dilation,
+            padding_mode=mod.padding_mode, device=mod.weight.device, dtype=mod.weight.dtype,
+        )
+        new.weight, new.bias = mod.weight, mod.bias
+        new._init_quant(weight_quant, input_quant)
+        return new
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        """Transposed convolution with the quantized weight."""
+        m: Any = self
+        dims = m.weight.dim() - 2
+        pad = m._output_padding(x, output_size, m.stride, m.padding, m.kernel_size, dims, m.dilation)
+        return self._fn(self._quant_input(x), self.quantized_weight(), m.bias, m.stride, m.padding, pad, m.groups, m.dilation)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._quant_repr()}"  # type: ignore[misc]
+
+
+class QuantConvTranspose1d(_QuantConvTransposeNd, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` with a quantized weight and an optional input quantizer."""
+
+    _fn = staticmethod(F.conv_transpose1d)
+
+    def __init__(self, *args: Any, weight_quant: Quantizer | None = None, input_quant: ActQuant | None = None, **kwargs: Any) -> None:
+        nn.ConvTranspose1d.__init__(self, *args, **kwargs)
+        self._init_quant(weight_quant, input_quant)
+
+
+class QuantConvTranspose2d(_QuantConvTransposeNd, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with a quantized weight and an optional input quantizer."""
+
+    _fn = staticmethod(F.conv_transpose2d)
+
+    def __init__(self, *args: Any, weight_quant: Quantizer | None = None, input_quant: ActQuant | None = None, **kwargs: Any) -> None:
+        nn.ConvTranspose2d.__init__(self, *args, **kwargs)
+        self._init_quant(weight_quant, input_quant)
+
+
+class QuantConvTranspose3d(_QuantConvTransposeNd, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` with a quantized weight and an optional input quantizer."""
+
+    _fn = staticmethod(F.conv_transpose3d)
+
+    def __init__(self, *args: Any, weight_quant: Quantizer | None = None, input_quant: ActQuant | None = None, **kwargs: Any) -> None:
+        nn.ConvTranspose3d.__init__(self, *args, **kwargs)
         self._init_quant(weight_quant, input_quant)
 
 
