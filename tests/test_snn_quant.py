@@ -170,11 +170,14 @@ def test_calibrate_state_range():
         calibrate_state_range(torch.tensor([float("nan")]))
 
 
+@pytest.mark.filterwarnings("ignore:lowbit.snn.(save|load)_checkpoint is deprecated:DeprecationWarning")
 def test_checkpoint_keeps_shadow_and_quantized(tmp_path):
+    # save_checkpoint / load_checkpoint: deprecated wrappers over lowbit.save / lowbit.load (tests/test_snn_verbs.py)
     torch.manual_seed(0)
     m = SNN(6, 8, 3).quantize_weights("fxp4:p99")
     path = tmp_path / "snn.safetensors"
-    save_checkpoint(m, path)
+    with pytest.deprecated_call():
+        save_checkpoint(m, path)
     shadow = {n: p.detach().clone() for n, p in m.named_parameters()}
     quant = {k: v.detach().clone() for k, v in m.effective_weights().items()}
     m2 = SNN(6, 8, 3, seed=5).quantize_weights("fxp4:p99")
