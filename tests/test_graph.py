@@ -138,3 +138,88 @@ def test_convolutions_quantize_per_output_channel_and_convert_exactly(conv, shap
     assert torch.equal(c(x), q(x))
     lowbit.save(c, tmp_path / "c.lowbit")
     assert torch.equal(lowbit.load(tmp_path / "c.lowbit", model=model)(x), c(x))
+
+
+def _zoo(name: str) -> tuple[nn.Module, list[torch.Tensor]]:
+    from lowbit.models import build_model
+    from lowbit.models.zoo import ZOO, zoo_input
+
+    e = ZOO[name]
+    m = build_model(name, e.small_input_shape or e.input_shape, 5, seed=0, **e.small)
+    batches = [zoo_input(name, 4, seed=i) for i in range(2)]
+    m.train()
+    with torch.no_grad():
+        for b in batches:
+            m(b)
+    return m.eval(), batches
+
+
+def test_one_quantizer_per_tensor_shared_by_every_reader():
+    m, batches = _zoo("resnet18")
+    q = lowbit.quantize(m, "w4,a8", calib=batches)
+    assert isinstance(q, torch.fx.GraphModule) and type(q).__name__ == "ResNet18"
+    edges = lowbit.graph.edge_quantizers(q)
+    # layer2.0 reads its input with conv1 and the downsample conv: one edge quantizer, no layer input quantizers
+    reader = q.get_submodule("layer2.0")
+    assert reader.conv1.input_quant is None and reader.downsample.get_submodule("0").input_quant is None
+    shared = [n for n in q.graph.nodes if n.op == "call_module" and n.target.startswith("lowbit_acts.")
+              and {u.target for u in n.users} >= {"layer2.0.conv1", "layer2.0.downsample.0"}]
+    assert len(shared) == 1
+    assert q.lowbit_info.layers["layer2.0.conv1"]["input_edge"] == shared[0].target
+    # the stem conv reads the image alone: its own input quantizer stays (as module swapping puts it)
+    assert q.conv1.input_quant is not None and "x" not in edges
+    # in-place ReLUs after a quantizer are made out of place (same values, autograd allows it)
+    assert not q.get_submodule("layer1.0.relu").inplace and q.relu.inplace  # the stem's ReLU feeds maxpool: untouched
+
+
+def test_models_without_functional_ops_keep_the_module_path():
+    from lowbit.models import build_model
+
+    m = build_model("mlp", (1, 8, 8), 10, seed=0).eval()
+    x = torch.randn(4, 1, 8, 8)
+    q = lowbit.quantize(m, "w4,a8", calib=[x])
+    assert type(q) is type(m) and not lowbit.graph.edge_quantizers(q)
+    assert q.features[0].input_quant is not None and q.classifier.input_quant is not None
+
+
+def test_weights_only_configs_keep_the_users_class():
+    m, _ = _zoo("resnet8")
+    q = lowbit.prepare_qat(m, "w4:lsq")
+    assert type(q) is type(m) and not isinstance(q, torch.fx.GraphModule)
+
+
+def test_activation_rules_name_functional_ops_by_module_path():
+    m, batches = _zoo("resnet8")
+    q = lowbit.quantize(m, "w4,a8,a:stack2.*=none", calib=batches)
+    edges = lowbit.graph.edge_quantizers(q)
+    assert "add" in edges and "add_2" in edges and "add_1" not in edges  # stack1, stack3 quantized; stack2 not
+    assert q.stack2.conv1.input_quant is None and q.stack3.conv1.input_quant is None  # stack3 reads a shared edge
+
+
+def test_graph_model_round_trips_and_converts_exactly(tmp_path):
+    m, batches = _zoo("resnet8")
+    qat = lowbit.prepare_qat(m, "w4:lsq,a8", calib=batches)
+    opt = torch.optim.SGD(qat.parameters(), lr=1e-3)
+    for b in batches:
+        opt.zero_grad()
+        qat(b).square().mean().backward()
+        opt.step()
+    qat.eval()
+    x = batches[0]
+    c = lowbit.convert(qat)
+    assert c.lowbit_info.stage == "converted" and c.lowbit_info.config == qat.lowbit_info.config
+    assert torch.equal(c(x), qat(x))
+    for model in (qat, c):
+        lowbit.save(model, tmp_path / "m.lowbit")
+        from lowbit.models import build_model
+
+        back = lowbit.load(tmp_path / "m.lowbit", model=build_model("resnet8", (3, 16, 16), 5, seed=3, filters=(8, 16, 32)))
+        assert sorted(lowbit.graph.edge_quantizers(back)) == sorted(lowbit.graph.edge_quantizers(model))
+        assert torch.equal(back.eval()(x), model.eval()(x))
+
+
+def test_convert_names_an_edge_quantizer_without_a_range():
+    m, _ = _zoo("resnet8")
+    q = lowbit.prepare_qat(m, "w4,a8")  # no calibration, no training
+    with pytest.raises(ValueError, match=r"lowbit_acts|layer"):
+        lowbit.convert(q)

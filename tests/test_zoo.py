@@ -396,3 +396,36 @@ def test_transformer_fake_quant_no_grad_and_converted_are_one_network(request):
     assert torch.equal(t.grad, t.no_grad) and torch.equal(t.grad, t.converted), (
         f"fq vs fq-no_grad {d_nograd:.3g}, fq vs converted {d_conv:.3g}, fq-no_grad vs converted {d_conv_nograd:.3g}"
     )
+
+
+def _grid_codes(aq, y: Tensor) -> Tensor:
+    """The integer codes of ``y`` on the activation quantizer's grid (``y / scale + zero_point``)."""
+    q = aq.q
+    zp = q.zero_point.float() if q.zero_point.numel() else torch.zeros(())
+    return y / q.scale.reshape(()) + zp.reshape(())
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("mode", ["ptq", "qat_a8"])
+def test_residual_add_output_is_quantized_under_a8(name, mode):
+    # 'a8' on a traced model with functional ops: the graph path puts one quantizer on the residual sum
+    import operator
+
+    run = _run(name, mode)
+    for model in (_need(run, "fq"), _need(run, "converted")):
+        nodes = [n for n in model.graph.nodes if n.op == "call_module" and n.args and getattr(n.args[0], "target", None) is operator.add]
+        assert nodes, "no quantizer on a residual add"
+        seen: dict[str, Tensor] = {}
+        hooks = [model.get_submodule(n.target).register_forward_hook(
+            lambda m, i, o, key=n.target: seen.__setitem__(key, o.detach())) for n in nodes]
+        try:
+            _out(model, run.x, True)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert len(seen) == len(nodes) == {"resnet8": 3, "resnet18": 8, "mobilenetv2": 11}[name]  # mobilenetv2 x0.25: 8 == 8 channels in the first block too
+        for key, y in seen.items():
+            codes = _grid_codes(model.get_submodule(key), y)
+            assert torch.allclose(codes, codes.round(), atol=1e-3), f"{key}: off the 8-bit grid"
+            assert float(codes.min()) >= -1e-3 and float(codes.max()) <= 255 + 1e-3, key
+            assert len(torch.unique(codes.round())) > 4, f"{key}: a degenerate grid"
