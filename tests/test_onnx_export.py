@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -224,3 +225,112 @@ def test_cli_export_onnx(tmp_path, capsys, digits, float_cnn):
     with pytest.raises(SystemExit):
         main(["export-onnx", str(ckpt), str(tmp_path / "x.onnx"), "--input-shape", "a,b"])
     assert "--input-shape must be comma-separated integers" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- verification in quantization steps
+
+
+def _zoo_ptq(name: str):
+    from lowbit.models import build_model
+    from lowbit.models.zoo import ZOO, zoo_input
+
+    e = ZOO[name]
+    m = build_model(name, e.small_input_shape, e.num_classes, seed=0, **e.small).eval()
+    with warnings.catch_warnings():  # whatever the graph path leaves float is exported as float
+        warnings.simplefilter("ignore")
+        q = lowbit.quantize(m, "w4,a8", calib=[zoo_input(name, 16, seed=s) for s in range(4)])
+    return q.eval(), [zoo_input(name, 2, seed=200 + s) for s in range(10)]
+
+
+def _scaled(proto, name: str, factor: float):
+    """A copy of ``proto`` whose initializer ``name`` is multiplied by ``factor`` (a corrupted graph)."""
+    import copy
+
+    bad = copy.deepcopy(proto)
+    for init in bad.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(onnx.numpy_helper.from_array((onnx.numpy_helper.to_array(init) * factor).astype(np.float32), name))
+            return bad
+    raise AssertionError(f"no initializer {name}")
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet18"])
+def test_zoo_export_passes_whichever_input_is_the_example(name, tmp_path):
+    from lowbit.targets.onnx_export import verify_onnx
+
+    q, examples = _zoo_ptq(name)
+    # before: 1e-4 of the output range on the example only; ResNet-18's random input 1 (seed 201)
+    # sits an activation on a rounding boundary and failed at 5e-4 of the range
+    for i, x in enumerate(examples):
+        export_onnx(q, tmp_path / f"{i}.onnx", x)  # raises if the check fails
+    proto = onnx.load(str(tmp_path / "0.onnx"))
+    for exact in (True, False):  # also under onnxruntime's fused integer kernels
+        for x in examples:
+            rep = verify_onnx(q, proto, x, exact=exact)
+            assert rep.inputs == 6 and rep.bound in ("last activation step", "output step")
+            assert rep.worst <= 1.0 and max(rep.moved.values()) <= 0.01
+            assert len(rep.moved) >= len(lowbit.api.quantized_layers(q))  # every quantized activation was compared
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_reference_models_pass_on_ten_examples(which, digits, request, tmp_path):
+    q = _ptq(request.getfixturevalue(f"float_{which}")[0], "w4,a8", digits)
+    x = digits.test.tensors[0]
+    for i in range(10):
+        export_onnx(q, tmp_path / f"{i}.onnx", x[20 * i: 20 * i + 3], seed=i)
+
+
+def test_a_corrupted_graph_fails_verification(digits, float_cnn):
+    from lowbit.targets.onnx_export import verify_onnx
+
+    q, examples = _zoo_ptq("resnet8")
+    x = examples[0]
+    proto = to_onnx(q, x)
+    assert verify_onnx(q, proto, x).worst <= 1.0
+    scales = [i.name for i in proto.graph.initializer if i.name.endswith(".scale")]
+    assert len(scales) >= 2 * len(lowbit.api.quantized_layers(q))  # a weight and an activation scale per layer
+    for name in scales:  # the first layer's, every middle one, the last
+        with pytest.raises(ValueError, match="differs from PyTorch"):
+            verify_onnx(q, _scaled(proto, name, 2.0), x)
+    # the last layer's weight scale: caught at the output, in output steps
+    with pytest.raises(ValueError, match=r"output differs .* output steps"):
+        verify_onnx(q, _scaled(proto, "fc.weight.scale", 2.0), x)
+    # an activation scale: a third of its elements move one step (allowed 1 %)
+    with pytest.raises(ValueError, match=r"'fc.input_quant': \d+ of \d+ elements moved one step"):
+        verify_onnx(q, _scaled(proto, "fc.input_quant.scale", 2.0), x)
+
+
+def test_quantized_output_is_bounded_in_its_own_steps(digits):
+    from lowbit.nn import ActQuant
+    from lowbit.quantizer import quantizer
+    from lowbit.targets.onnx_export import verify_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10), ActQuant(quantizer("int8")))
+    q = lowbit.quantize(model, "w4,a8", calib=loader(digits.train, 256), calib_batches=2).eval()
+    x = digits.test.tensors[0][:4]
+    proto = to_onnx(q, x)
+    rep = verify_onnx(q, proto, x)
+    assert rep.bound == "output step" and rep.worst <= 1.0
+    with pytest.raises(ValueError, match="'4'"):  # the output quantizer's scale doubled
+        verify_onnx(q, _scaled(proto, "4.scale", 2.0), x)
+
+
+def test_weight_only_models_keep_the_range_bound(digits, float_mlp):
+    from lowbit.targets.onnx_export import verify_onnx
+
+    q = _ptq(float_mlp[0], "w4", digits)
+    x = digits.test.tensors[0][:8]
+    rep = verify_onnx(q, to_onnx(q, x), x)
+    assert rep.bound == "output range" and rep.moved == {} and rep.worst <= 1.0
+
+
+def test_verify_options_are_checked(digits, float_mlp):
+    from lowbit.targets.onnx_export import verify_onnx
+
+    x = digits.test.tensors[0][:2]
+    proto = to_onnx(float_mlp[0], x)
+    with pytest.raises(ValueError, match="random_inputs"):
+        verify_onnx(float_mlp[0], proto, x, random_inputs=-1)
+    with pytest.raises(ValueError, match="max_moved"):
+        verify_onnx(float_mlp[0], proto, x, max_moved=1.5)

@@ -22,7 +22,9 @@ itself with ``onnx.helper``, from a ``torch.fx`` trace of the model:
   would re-quantize a bias input to int32) leave the arithmetic unchanged.
 
 The file is checked with ``onnx.checker``, written atomically (temp file, then
-rename) and, with ``verify=True``, run once in onnxruntime against PyTorch.
+rename) and, with ``verify=True``, run in onnxruntime against PyTorch on the
+example input and five seeded random inputs drawn like it, with a bound stated in
+quantization steps (:mod:`lowbit.targets.onnx_verify`).
 """
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ from ..nn.act import PACT, ActQuant
 from ..nn.layers import QuantLayer
 from ..qtensor import QTensor
 from ..quantizer import Quantizer
+from .onnx_verify import OnnxCheck, output_unit, verify_onnx
 
-__all__ = ["export_onnx", "to_onnx", "run_onnx", "onnx_ops", "WEIGHT_FORMATS", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "to_onnx", "run_onnx", "onnx_ops", "verify_onnx", "OnnxCheck", "WEIGHT_FORMATS", "DEFAULT_OPSET"]
 
 DEFAULT_OPSET = 17
 WEIGHT_FORMATS = ("int", "qcdq")
@@ -261,13 +264,23 @@ class _Ctx:
     g: _Graph
     weight_format: str
     shapes: dict  # fx node name -> output shape (tuple) or None
+    taps: dict = field(default_factory=dict)  # activation quantizer module name -> its ONNX output (for verification)
+    tapped_twice: set = field(default_factory=set)  # quantizers called more than once: one tensor cannot stand for them
+
+    def tap(self, module_name: str, tensor: str) -> str:
+        """Remember that ``tensor`` is the output of the activation quantizer ``module_name``."""
+        if module_name in self.taps:
+            self.tapped_twice.add(module_name)
+        self.taps[module_name] = tensor
+        return tensor
 
 
 def _input_of(ctx: _Ctx, m: nn.Module, x: str, base: str) -> str:
     aq = getattr(m, "input_quant", None)
     if aq is None:
         return x
-    return _act_quant(ctx.g, x, aq.q, f"{base}.input_quant", f"layer {base!r} (input quantizer)")
+    out = _act_quant(ctx.g, x, aq.q, f"{base}.input_quant", f"layer {base!r} (input quantizer)")
+    return ctx.tap(f"{base}.input_quant", out)
 
 
 def _bias(ctx: _Ctx, m: nn.Module, base: str) -> list[str]:
@@ -378,9 +391,9 @@ _LEAVES = (QuantLayer, ActQuant, PACT, nn.Linear, nn.modules.conv._ConvNd, nn.mo
 def _module(ctx: _Ctx, m: nn.Module, x: str, base: str, in_shape: tuple | None, out_shape: tuple | None) -> str:
     g = ctx.g
     if isinstance(m, ActQuant):
-        return _act_quant(g, x, m.q, base, f"activation quantizer {base!r}")
+        return ctx.tap(base, _act_quant(g, x, m.q, base, f"activation quantizer {base!r}"))
     if isinstance(m, PACT):
-        return _pact(g, x, m, base)
+        return ctx.tap(base, _pact(g, x, m, base))
     if isinstance(m, nn.Linear):
         return _linear(ctx, m, x, base, in_shape)
     if isinstance(m, nn.modules.conv._ConvNd):
@@ -531,6 +544,7 @@ def to_onnx(
     ctx = _Ctx(g, weight_format, shapes)
     env: dict[str, str] = {}
     inputs, outputs = [], []
+    unit = None
     dims: list[Any] = list(example.shape)
     if dynamic_batch:
         dims[0] = "batch"
@@ -544,6 +558,7 @@ def to_onnx(
         elif node.op == "output":
             res = node.args[0]
             items = list(res) if isinstance(res, (tuple, list)) else [res]
+            unit = output_unit(gm, items[0])
             for k, r in enumerate(items):
                 src = _arg_name(ctx, env, r, "output")
                 nm = g.name(output_name if len(items) == 1 else f"{output_name}{k}")
@@ -568,6 +583,12 @@ def to_onnx(
         "lowbit.config": info.config,
         "lowbit.stage": info.stage,
         "lowbit.layers": json.dumps(info.layers, sort_keys=True) if info.layers else "",
+        # which tensors are activation quantizers' outputs and where the output's step comes from:
+        # what verify_onnx needs to state its bound in quantization steps (onnx_verify.py)
+        "lowbit.verify": json.dumps({
+            "taps": {k: v for k, v in sorted(ctx.taps.items()) if k not in ctx.tapped_twice},
+            "output": unit,
+        }, sort_keys=True),
     })
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -635,36 +656,33 @@ def export_onnx(
     dynamic_batch: bool = True,
     verify: bool = True,
     atol: float = 1e-4,
+    random_inputs: int = 5,
+    seed: int = 0,
+    max_moved: float = 0.01,
 ) -> Path:
-    """Write ``model`` as a QDQ ONNX graph to ``path`` (atomically); with ``verify``, check it in onnxruntime."""
+    """Write ``model`` as a QDQ ONNX graph to ``path`` (atomically); with ``verify``, check it in onnxruntime.
+
+    Verification (:func:`~lowbit.targets.onnx_verify.verify_onnx`) runs the example input and
+    ``random_inputs`` seeded random batches drawn like it, and bounds the difference in
+    quantization steps: each activation may move at most one step, on at most ``max_moved``
+    of its elements; the output within what those moves cause (``atol`` of the output range
+    when no quantized activation feeds the output).
+    """
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"path must end in .onnx, got {str(path)!r}")
     proto = to_onnx(model, example_input, opset=opset, weight_format=weight_format, dynamic_batch=dynamic_batch)
     if verify:
-        _verify(model, proto, example_input, atol)
+        _verify(model, proto, example_input, atol=atol, random_inputs=random_inputs, seed=seed, max_moved=max_moved)
     _write_atomic(proto.SerializeToString(), path)
     return path
 
 
-def _verify(model: nn.Module, proto: Any, example_input: Tensor, atol: float) -> None:
-    """Compare onnxruntime with the PyTorch model on the example input (relative to the output range)."""
+def _verify(model: nn.Module, proto: Any, example_input: Tensor, **kw: Any) -> OnnxCheck | None:
+    """Run :func:`verify_onnx` when onnxruntime is installed (else warn that the graph was not run)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         warnings.warn("onnxruntime is not installed: the exported graph was not run (pip install 'lowbit[onnx]')", stacklevel=3)
-        return
-    m = copy.deepcopy(model).float().eval()
-    with torch.no_grad():
-        ref = m(example_input.detach().float().cpu())
-    if not isinstance(ref, Tensor):
-        ref = ref[0]
-    got = run_onnx(proto, example_input)
-    ref_np = ref.numpy()
-    span = float(ref_np.max() - ref_np.min()) or 1.0
-    err = float(np.abs(got - ref_np).max()) / span
-    if not np.isfinite(err) or err > atol:
-        raise ValueError(
-            f"onnxruntime's output differs from PyTorch's by {err:.3g} of the output range (allowed {atol:g}); "
-            "the graph was not written"
-        )
+        return None
+    return verify_onnx(model, proto, example_input, **kw)
