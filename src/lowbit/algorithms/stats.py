@@ -4,7 +4,8 @@ What is counted (the reference code is inconsistent, so we say it once here):
 
 - the **weights of Conv and Linear layers** (float or quantized: the values the
   forward pass uses); biases, BatchNorm parameters and activation scales are
-  *not* counted;
+  *not* counted, unless ``include_bias=True`` adds the Conv/Linear biases (the
+  original PWFN counts every ``*mu*`` parameter: weights and biases);
 - **zeros are included** by default (PWFN's convention); ``include_zero=False``
   drops them before counting and normalising (WFN's README numbers);
 - entropy is Shannon's, **base 2** (bits): ``H = -sum_v p_v log2 p_v`` with
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 __all__ = ["shared_layers", "layer_weights", "unique_count", "weight_entropy", "ShareStats", "share_stats"]
 
 COUNTED = "Conv/Linear weights (biases and BatchNorm excluded), entropy in bits"
+COUNTED_WITH_BIAS = "Conv/Linear weights and biases (BatchNorm excluded; PWFN's count), entropy in bits"
 
 
 def shared_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -33,12 +35,14 @@ def shared_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def layer_weights(model: nn.Module) -> dict[str, Tensor]:
-    """The weight each counted layer's forward pass uses (fake-quantized if the layer is quantized)."""
+def layer_weights(model: nn.Module, include_bias: bool = False) -> dict[str, Tensor]:
+    """The weight each counted layer's forward pass uses (fake-quantized if the layer is quantized); ``name.bias`` too if asked."""
     out = {}
     for name, m in shared_layers(model).items():
         qw = getattr(m, "quantized_weight", None)
         out[name] = (qw() if callable(qw) else m.weight).detach().float()
+        if include_bias and getattr(m, "bias", None) is not None:
+            out[f"{name}.bias"] = m.bias.detach().float()
     return out
 
 
@@ -75,11 +79,13 @@ class ShareStats:
     numel: int
     per_layer: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # name -> (unique, entropy, numel)
     include_zero: bool = True
+    include_bias: bool = False
 
     @property
     def counted(self) -> str:
         """A sentence saying what was counted."""
-        return f"{COUNTED}; zeros {'included' if self.include_zero else 'excluded'}"
+        what = COUNTED_WITH_BIAS if self.include_bias else COUNTED
+        return f"{what}; zeros {'included' if self.include_zero else 'excluded'}"
 
     def table(self) -> str:
         """Per-layer table as text."""
@@ -91,9 +97,10 @@ class ShareStats:
         return "\n".join(rows)
 
 
-def share_stats(model: nn.Module, include_zero: bool = True) -> ShareStats:
-    """Unique weight count and entropy (bits) over the network's Conv/Linear weights, and per layer."""
-    ws = layer_weights(model)
+def share_stats(model: nn.Module, include_zero: bool = True, include_bias: bool = False) -> ShareStats:
+    """Unique weight count and entropy (bits) over the network's Conv/Linear weights (and biases if asked), and per layer."""
+    ws = layer_weights(model, include_bias)
     per = {n: (unique_count(w, include_zero), weight_entropy(w, include_zero), w.numel()) for n, w in ws.items()}
     allw = torch.cat([w.reshape(-1) for w in ws.values()])
-    return ShareStats(unique_count(allw, include_zero), weight_entropy(allw, include_zero), allw.numel(), per, include_zero)
+    return ShareStats(unique_count(allw, include_zero), weight_entropy(allw, include_zero), allw.numel(), per, include_zero,
+                      include_bias)  # fmt: skip
