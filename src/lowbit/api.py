@@ -192,11 +192,34 @@ def quantize(
     *,
     calib_batches: int = 8,
     inplace: bool = False,
+    method: str = "nearest",
+    bias_correction: bool = False,
+    equalize: bool = False,
+    method_options: Mapping[str, object] | None = None,
 ) -> nn.Module:
-    """Post-training quantization: swap modules, fit weight scales, calibrate activation ranges."""
+    """Post-training quantization: swap modules, fit weight scales, calibrate activation ranges.
+
+    ``method`` rounds the weights: ``nearest``, ``gptq`` or ``adaround`` (layer by layer on
+    ``calib``; options such as ``act_order``/``iters`` in ``method_options``); ``equalize``
+    first equalizes ReLU chains across layers; ``bias_correction`` removes each layer's mean
+    output error on ``calib`` (lowbit.algorithms.layerwise).
+    """
+    layerwise = method != "nearest" or bias_correction or bool(method_options)
+    if layerwise:  # the algorithms layer sits above the verbs: imported only when asked for
+        from .algorithms.layerwise import check_method
+
+        check_method(method, method_options)
+        if calib is None:
+            raise ValueError(f"method={method!r} / bias_correction need calib=<batches or DataLoader>")
     if (h := model_handler_for(model)) is not None:  # a whole-model handler (spiking networks: lowbit.snn.verbs)
+        if layerwise or equalize:
+            raise ValueError("method=, bias_correction= and equalize= apply to conv/linear networks, not to this model")
         return h.quantize(model, config, calib, inplace=inplace)
     model, cfg = _prepare(model, config, inplace)
+    if equalize:
+        from .algorithms.equalization import equalize as _equalize
+
+        _equalize(model)  # before any weight scale is fitted: the ranges it evens out are the ones fitted next
     model.eval()
     with torch.no_grad():
         for m in model.modules():
@@ -207,6 +230,11 @@ def quantize(
             raise ValueError("config quantizes activations: pass calib=<batches or DataLoader> to calibrate their ranges")
         calibrate(model, calib, calib_batches)
     # weights only: their scales come from the weights themselves, calib is not needed
+    if layerwise:
+        from .algorithms.layerwise import apply_method
+
+        apply_method(model, calib, method, calib_batches=calib_batches, bias_correction=bias_correction,  # type: ignore[arg-type]
+                     options=method_options)
     set_info(model, stage="ptq")
     return model
 
