@@ -164,3 +164,107 @@ def test_exactly_zero_weights_refused_only_with_faithful_bugs():
         WeightFixer(model, preset="pwfn", faithful_bugs=True)
     fx = WeightFixer(model, preset="pwfn")
     assert float(fx.sigma.detach()[0]) == 2.0**-30 and torch.isfinite(fx.sigma).all()
+
+
+# --------------------------------------------------------------------------- crossbar: TorchInference_RRAM vs NeuroSim-style
+
+from lowbit.quantizers import build_quantizer  # noqa: E402
+from lowbit.nn.act import PACT  # noqa: E402
+from lowbit.nn.layers import QuantConv2d, QuantLinear  # noqa: E402
+from lowbit.targets.cim import CrossbarArray, CrossbarConfig, adc, simulate, tile_layout  # noqa: E402
+
+TI = "torchinference_rram"
+
+
+def test_adc_transfer_functions_on_hand_made_sums():
+    x = torch.tensor([0.0, 1.0, 3.0, 5.0, 7.0, 8.0])
+    # TorchInference: step 8/2^2 = 2; (x-0)/2 = 0, .5, 1.5, 2.5, 3.5, 4 -> round half even 0, 0, 2, 2, 4, 4
+    # -> clamp to 3: the top (8) reads 6.
+    assert adc(x, 2, 0.0, 8.0, transfer="torchinference").tolist() == [0.0, 0.0, 4.0, 4.0, 6.0, 6.0]
+    # lowbit: step 8/3; x/step = 0, .375, 1.125, 1.875, 2.625, 3 -> 0, 0, 1, 2, 3, 3.
+    assert adc(x, 2, 0.0, 8.0).tolist() == pytest.approx([0.0, 0.0, 8 / 3, 16 / 3, 8.0, 8.0])
+    # A small range: no minimum step in the original (levels of 1/8, 2 reads 15/8); lowbit's step
+    # never drops below one cell level, so integers read exactly.
+    small = torch.tensor([0.0, 1.0, 2.0])
+    assert adc(small, 4, 0.0, 2.0, transfer="torchinference").tolist() == [0.0, 1.0, 1.875]
+    assert adc(small, 4, 0.0, 2.0).tolist() == [0.0, 1.0, 2.0]
+    assert adc(torch.tensor([3.0, 3.0]), 4, 3.0, 3.0, transfer="torchinference").tolist() == [3.0, 3.0]
+    with pytest.raises(ValueError, match="transfer"):
+        adc(x, 2, 0.0, 8.0, transfer="floor")
+
+
+def _array(cfg: CrossbarConfig) -> CrossbarArray:
+    codes = torch.tensor([[3, 1], [0, 1], [2, 0]])  # [K=3 rows, C=2 columns], 2-bit codes, one 2-bit cell each
+    return CrossbarArray(codes, 2, 1, cfg)
+
+
+def test_one_adc_on_the_difference_vs_two_adcs():
+    x = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    # Column sums: weight [[5, 2], [3, 1]], offset-code reference (1 per row) [[3], [1]].
+    # neurosim (two ADCs, 2 bits, lowbit transfer): weights lo 1, hi 5, step 4/3 -> 5, 7/3, 11/3, 1;
+    # reference lo 1, hi 3, step 1 (the minimum) -> 3, 1. Difference [[2, -2/3], [8/3, 0]]
+    # (exact: x @ (codes - 1) = [[2, -1], [2, 0]]).
+    two = _array(CrossbarConfig.preset("neurosim", cell_bits=2, adc_bits=2))(x, 1)
+    assert two.flatten().tolist() == pytest.approx([2.0, -2 / 3, 8 / 3, 0.0])
+    # torchinference: the dummy is 1.5 per cell; analog difference [[0.5, -2.5], [1.5, -0.5]]
+    # (= x @ (codes - 1.5)); one ADC: lo -2.5, hi 1.5, step 4/4 = 1, codes 3, 0, 4 -> 3, 2:
+    # 1.5 (the top) reads 0.5.
+    one = _array(CrossbarConfig.preset(TI, cell_bits=2, adc_bits=2))(x, 1)
+    assert one.tolist() == [[0.5, -2.5], [0.5, -0.5]]
+    # The same difference through lowbit's transfer: step 4/3 -> codes 2.25, 0, 3, 1.5 -> 2, 0, 3, 2.
+    mixed = _array(CrossbarConfig.preset(TI, cell_bits=2, adc_bits=2, adc_transfer="lowbit"))(x, 1)
+    assert mixed.flatten().tolist() == pytest.approx([-2.5 + 8 / 3, -2.5, 1.5, -2.5 + 8 / 3])
+    # Ideal read-outs are exact under both presets.
+    assert _array(CrossbarConfig.preset("neurosim", cell_bits=2, adc_bits=None))(x, 1).tolist() == [[2.0, -1.0], [2.0, 0.0]]
+    assert _array(CrossbarConfig.preset(TI, cell_bits=2, adc_bits=None))(x, 1).tolist() == [[0.5, -2.5], [1.5, -0.5]]
+
+
+def test_per_tap_tiling_and_the_dropped_remainder():
+    # 3 channels x 2 taps (rows c*2 + tap), 2 rows per sub-array: per tap [0, 2, 4] / [1, 3, 5].
+    assert tile_layout(6, 2, taps=2, mapping="tap").tolist() == [[0, 2], [4, -1], [1, 3], [5, -1]]
+    assert tile_layout(6, 2, taps=2, mapping="tap", drop_remainder=True).tolist() == [[0, 2], [1, 3]]  # Cin // 2
+    with pytest.raises(ValueError, match="fill no sub-array"):
+        tile_layout(2, 4, taps=2, mapping="tap", drop_remainder=True)
+    with pytest.raises(ValueError, match="mapping='tap'"):
+        CrossbarConfig(drop_remainder=True)
+    with pytest.raises(ValueError, match="preset"):
+        CrossbarConfig.preset("neurosim_v2")
+
+
+def _vgg() -> nn.Module:
+    torch.manual_seed(0)
+
+    def pact() -> PACT:
+        p = PACT(4)
+        p.alpha.data.fill_(2.0)
+        return p
+
+    q = lambda: build_quantizer("dorefa4")  # noqa: E731
+    return nn.Sequential(
+        QuantConv2d(1, 8, 3, padding=1, weight_quant=q()), pact(),
+        QuantConv2d(8, 8, 3, padding=1, weight_quant=q()), pact(),
+        QuantConv2d(8, 6, 3, padding=1, weight_quant=q()), pact(), nn.Flatten(),
+        QuantLinear(6 * 16, 5, weight_quant=q()),
+    ).eval()  # fmt: skip
+
+
+def test_analog_scope_and_ideal_equality_under_both_presets():
+    m = _vgg()
+    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    # The first conv has a float input (no PACT before it): neurosim needs it digital by name,
+    # torchinference keeps it (and the Linear layer) digital by its scope.
+    ns = simulate(m, CrossbarConfig.preset("neurosim", adc_bits=None), digital=["0"])
+    ti = simulate(m, CrossbarConfig.preset(TI, adc_bits=None, rows=16))
+    assert ns.lowbit_info.extra["cim"]["layers"] == {"0": "digital", "2": "crossbar", "4": "crossbar", "7": "crossbar"}
+    assert ti.lowbit_info.extra["cim"]["layers"] == {"0": "digital", "2": "crossbar", "4": "crossbar", "7": "digital"}
+    with torch.no_grad():
+        ref = m(x)
+        torch.testing.assert_close(ns(x), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ti(x), ref, rtol=0, atol=1e-5)
+        # Cin 8 on 4-row sub-arrays tiles exactly; on 16 rows the literal Cin >= rows rule leaves all digital.
+        wide = simulate(m, CrossbarConfig.preset(TI, adc_bits=None, rows=4, analog="wide_convs", drop_remainder=True))
+        torch.testing.assert_close(wide(x), ref, rtol=0, atol=1e-5)
+        assert simulate(m, CrossbarConfig.preset(TI, analog="wide_convs")).lowbit_info.extra["cim"]["layers"]["2"] == "digital"
+        # 8 channels on 3-row sub-arrays: 2 of each tap's channels are dropped, so the output moves.
+        dropped = simulate(m, CrossbarConfig.preset(TI, adc_bits=None, rows=3, analog="wide_convs", drop_remainder=True))
+        assert float((dropped(x) - ref).abs().max()) > 1e-3

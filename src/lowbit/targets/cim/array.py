@@ -37,30 +37,46 @@ def combine_slices(slices: Tensor, cell_bits: int) -> Tensor:
     return (slices * w.view(-1, *[1] * (slices.dim() - 1))).sum(0)
 
 
-def adc(x: Tensor, bits: int, lo: Tensor | float, hi: Tensor | float, unit: float = 1.0) -> Tensor:
-    """Uniform ADC: ``2^bits`` levels from ``lo`` over ``[lo, hi]``, step never finer than ``unit``.
+def adc(x: Tensor, bits: int, lo: Tensor | float, hi: Tensor | float, unit: float = 1.0, transfer: str = "lowbit") -> Tensor:
+    """Uniform ADC with ``2^bits`` levels from ``lo``; ``transfer`` says how the step is chosen.
 
-    A step of ``unit`` (one cell-level current) reads integer partial sums exactly, so
-    an ADC with enough bits is lossless; values outside the range saturate.
+    ``lowbit``: step ``(hi - lo) / (2^bits - 1)`` but never finer than ``unit`` (one
+    cell-level current), so integer partial sums read exactly with enough bits.
+    ``torchinference`` (TorchInference_RRAM's ``LinearQuantizeOut``): step ``(hi - lo) / 2^bits``,
+    no minimum, codes clamped to ``2^bits - 1`` (``hi`` itself is unreachable); where
+    ``hi == lo`` the input comes back unchanged. Values outside the range saturate.
     """
     top = 2**bits - 1
     lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
     hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
+    if transfer == "torchinference":
+        step = (hi_t - lo_t) / 2**bits
+        flat = step == 0
+        code = torch.clamp(torch.round((x - lo_t) / torch.where(flat, torch.ones_like(step), step)), 0, top)
+        return torch.where(flat, x, lo_t + code * step)
+    if transfer != "lowbit":
+        raise ValueError(f"transfer must be 'lowbit' or 'torchinference', got {transfer!r}")
     step = torch.clamp((hi_t - lo_t) / top, min=unit)
     code = torch.clamp(torch.round((x - lo_t) / step), 0, top)
     return lo_t + code * step
 
 
-def tile_layout(n_rows: int, rows: int, taps: int = 1, mapping: str = "unrolled") -> Tensor:
+def tile_layout(n_rows: int, rows: int, taps: int = 1, mapping: str = "unrolled", drop_remainder: bool = False) -> Tensor:
     """Row index of each (tile, row) slot, -1 where a remainder tile is padded: shape ``[tiles, rows]``.
 
     Input rows are ordered as ``F.unfold`` orders them (channel major, then kernel tap).
     ``unrolled`` cuts that order into tiles; ``tap`` gives each tap its own tiles of channels.
+    ``drop_remainder`` (``tap`` only) leaves out each tap's last ``channels % rows`` channels.
     """
     if n_rows % taps:
         raise ValueError(f"n_rows ({n_rows}) must be a multiple of taps ({taps})")
     idx = torch.arange(n_rows)
     groups = idx.view(n_rows // taps, taps).t() if mapping == "tap" else idx.view(1, n_rows)
+    if drop_remainder:
+        keep = (groups.shape[1] // rows) * rows
+        if keep == 0:
+            raise ValueError(f"drop_remainder: {groups.shape[1]} channels per tap fill no sub-array of {rows} rows; keep the layer digital")
+        groups = groups[:, :keep]
     pad = (-groups.shape[1]) % rows
     groups = torch.cat([groups, torch.full((groups.shape[0], pad), -1, dtype=torch.long)], dim=1)
     return groups.reshape(-1, rows)
@@ -76,6 +92,7 @@ class CrossbarArray(nn.Module):
     g_pos: Tensor
     g_ref: Tensor
     layout: Tensor
+    kept: Tensor
 
     def __init__(self, codes: Tensor, bits: int, offset: int, cfg: CrossbarConfig, *, taps: int = 1,
                  generator: torch.Generator | None = None) -> None:  # fmt: skip
@@ -87,13 +104,21 @@ class CrossbarArray(nn.Module):
         self.cfg = cfg
         k, c = codes.shape
         self.n_rows, self.n_cols = k, c
-        self.register_buffer("layout", tile_layout(k, cfg.rows, taps, cfg.mapping))
+        self.register_buffer("layout", tile_layout(k, cfg.rows, taps, cfg.mapping, cfg.drop_remainder))
+        kept = torch.zeros(k, dtype=torch.bool)
+        kept[self.layout[self.layout >= 0]] = True
+        self.register_buffer("kept", kept)  # rows on an array (all unless drop_remainder)
         cb = cfg.cell_bits
         codes = codes.long()
+        # The integer the array stores below each code: the offset code, or the midpoint of the code range.
+        self.offset: float = (2**bits - 1) / 2 if cfg.dummy == "midpoint" else float(offset)
         if cfg.signed == "dummy":
             self.slices = n_slices(bits, cb)
             pos = slice_codes(codes, cb, self.slices)  # [S, K, C]
-            ref = slice_codes(torch.full((k, 1), offset), cb, self.slices)  # one reference column per slice
+            if cfg.dummy == "midpoint":  # an analog level (2^c - 1)/2 in every cell of every slice
+                ref = torch.full((self.slices, k, 1), cfg.cell_levels / 2)
+            else:
+                ref = slice_codes(torch.full((k, 1), offset), cb, self.slices)  # one reference column per slice
         else:
             s = codes - offset
             self.slices = n_slices(max(offset, 2**bits - 1 - offset).bit_length(), cb)
@@ -136,8 +161,12 @@ class CrossbarArray(nn.Module):
             lo = psum.amin(dim=(2, 4), keepdim=True)
             hi = psum.amax(dim=(2, 4), keepdim=True)
         else:
-            lo = torch.zeros((), dtype=psum.dtype)
-            hi = torch.tensor(cfg.rows * (2**cfg.input_bits_per_cycle - 1) * (cfg.cell_levels + cfg.g_min), dtype=psum.dtype)
+            full = cfg.rows * (2**cfg.input_bits_per_cycle - 1) * (cfg.cell_levels + cfg.g_min)
+            # A difference column swings both ways; a plain column reads 0..full.
+            lo = torch.tensor(-full if cfg.adc_input == "difference" else 0.0, dtype=psum.dtype)
+            hi = torch.tensor(full, dtype=psum.dtype)
+        if cfg.adc_transfer == "torchinference":
+            return adc(psum, cfg.adc_bits, lo, hi, transfer="torchinference")
         # adc(), without temporaries: these tensors are the largest of the simulation.
         top = 2**cfg.adc_bits - 1
         step = torch.clamp((hi - lo) / top, min=1.0)
@@ -169,10 +198,15 @@ class CrossbarArray(nn.Module):
         t = self.layout.shape[0]
         z, s = n_slices(x_bits, cfg.input_bits_per_cycle), self.slices
         xt = self._digits(x, x_bits)
-        # The ADC reads every column, the reference columns too; the tiles are added after it.
-        pos = self._read(torch.bmm(xt, self.g_pos).view(t, z, m, s, -1)).sum(0)
-        ref = self._read(torch.bmm(xt, self.g_ref).view(t, z, m, s, -1)).sum(0)
-        diff = (pos - ref).double()  # [Z, M, S, C]
+        if cfg.adc_input == "difference":
+            # One ADC per column on the analog difference (the reference column broadcasts).
+            raw = torch.bmm(xt, self.g_pos).view(t, z, m, s, -1) - torch.bmm(xt, self.g_ref).view(t, z, m, s, -1)
+            diff = self._read(raw).sum(0).double()
+        else:
+            # The ADC reads every column, the reference columns too; the tiles are added after it.
+            pos = self._read(torch.bmm(xt, self.g_pos).view(t, z, m, s, -1)).sum(0)
+            ref = self._read(torch.bmm(xt, self.g_ref).view(t, z, m, s, -1)).sum(0)
+            diff = (pos - ref).double()  # [Z, M, S, C]
         # Shift-add in float64: the integer sums of wide layers pass float32's 2^24.
         shift = 2.0 ** (cfg.cell_bits * torch.arange(s, device=x.device, dtype=torch.float64))
         cycle = 2.0 ** (cfg.input_bits_per_cycle * torch.arange(z, device=x.device, dtype=torch.float64))

@@ -1,15 +1,39 @@
-"""CrossbarConfig: the knobs of a simulated RRAM crossbar (cells, arrays, ADC, devices)."""
+"""CrossbarConfig: the knobs of a simulated RRAM crossbar (cells, arrays, ADC, devices), and two named presets.
+
+| knob | ``preset("neurosim")`` (lowbit's model, the default) | ``preset("torchinference_rram")`` (mengjian0502/TorchInference_RRAM @a62e7bc) |
+|---|---|---|
+| ADCs | two: the weight column and the reference column digitised separately, then subtracted (as NeuroSim V1.3) | one, on the analog difference column sum - dummy column |
+| reference column | the offset code ``(2^bits-1)//2`` bit-sliced into cells | an analog midpoint ``(2^c-1)/2`` per cell of every slice |
+| ADC transfer | step ``(hi-lo)/(2^N-1)`` but never finer than one cell level (lossless with enough bits), round | step ``(hi-lo)/2^N``, round, clamp to ``2^N-1`` (the top level is unreachable), no minimum step |
+| ADC range | min..max of the batch per (tile, input cycle, slice) | the same: per (tap, sub-array, slice, input bit) over the whole difference tensor |
+| mapping | ``unrolled``: Cin*kh*kw rows tiled in order | ``tap``: each kernel tap gets its own tiles of 128 channels |
+| analog scope | every quantized layer not listed in ``digital`` | ``convs``: every Conv2d but the first; the first conv and the Linear layers stay digital |
+
+The original truncates ``Cin // 128`` (remainder channels are dropped) and sends convs with
+Cin < 128 down another branch (a62e7bc: ``*a_scale`` bug; HEAD: no ADC). VGG7's Cin are
+multiples of 128 and its Cin >= 128 rule selects exactly "every conv but the first", so the
+preset keeps every channel (``drop_remainder=False``) and uses the ``convs`` scope, which
+also means something for narrower models; ``analog="wide_convs", drop_remainder=True`` is
+the code's literal rule. Where ``hi == lo`` the original returns its input only when the
+whole tensor is zero (NaN otherwise); here the read-out is then the input itself.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-__all__ = ["CrossbarConfig", "CELL_BITS", "ADC_RANGES", "SIGNED_MODES", "MAPPINGS"]
+__all__ = ["CrossbarConfig", "CELL_BITS", "ADC_RANGES", "SIGNED_MODES", "MAPPINGS", "ADC_INPUTS", "ADC_TRANSFERS", "DUMMIES",
+           "ANALOG_SCOPES", "PRESETS"]
 
 CELL_BITS = (1, 2, 4)
 ADC_RANGES = ("dynamic", "full_scale")
 SIGNED_MODES = ("dummy", "differential")
 MAPPINGS = ("unrolled", "tap")
+ADC_INPUTS = ("columns", "difference")
+ADC_TRANSFERS = ("lowbit", "torchinference")
+DUMMIES = ("code", "midpoint")
+ANALOG_SCOPES = ("all", "convs", "wide_convs")
+PRESETS = ("neurosim", "torchinference_rram")
 
 
 def _int(name: str, value: object, lo: int, allowed: tuple[int, ...] | None = None) -> None:
@@ -44,6 +68,16 @@ class CrossbarConfig:
     - ``variation``: std of the multiplicative Gaussian conductance variation (0.05 = 5 %).
     - ``stuck_at_zero`` / ``stuck_at_one``: fractions of cells stuck at G_min / G_max.
     - ``seed``: seeds the device draws (variation, faults); the same seed gives the same chip.
+    - ``adc_input``: ``columns`` (each column digitised, then weight minus reference) or
+      ``difference`` (the analog difference digitised once).
+    - ``adc_transfer``: ``lowbit`` (step ``(hi-lo)/(2^N-1)``, at least one level) or
+      ``torchinference`` (step ``(hi-lo)/2^N``, clamp to ``2^N-1``, no minimum).
+    - ``dummy``: reference column of ``signed="dummy"``: ``code`` (the offset code in cells) or
+      ``midpoint`` (``(2^c-1)/2`` per cell, offset ``(2^bits-1)/2``).
+    - ``analog``: which quantized layers go on crossbars: ``all``; ``convs`` (Conv2d but the
+      first); ``wide_convs`` (Conv2d with in_channels >= rows).
+    - ``drop_remainder``: ``tap`` mapping only: drop the ``Cin % rows`` channels of each tap
+      that do not fill a sub-array, as the original's ``Cin // 128`` does.
     """
 
     cell_bits: int = 1
@@ -58,6 +92,23 @@ class CrossbarConfig:
     stuck_at_zero: float = 0.0
     stuck_at_one: float = 0.0
     seed: int = 0
+    adc_input: str = "columns"
+    adc_transfer: str = "lowbit"
+    dummy: str = "code"
+    analog: str = "all"
+    drop_remainder: bool = False
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> "CrossbarConfig":
+        """``neurosim`` (lowbit's two-ADC model, the defaults) or ``torchinference_rram`` (the original's), with any field overridden."""
+        if name == "neurosim":
+            base: dict[str, object] = {}
+        elif name == "torchinference_rram":
+            base = {"mapping": "tap", "adc_input": "difference", "adc_transfer": "torchinference", "dummy": "midpoint",
+                    "analog": "convs"}  # fmt: skip
+        else:
+            raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+        return cls(**{**base, **overrides})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         _int("cell_bits", self.cell_bits, 1, CELL_BITS)
@@ -70,7 +121,9 @@ class CrossbarConfig:
             if self.adc_bits > 24:
                 raise ValueError(f"adc_bits must be in 1..24 (or None for an ideal read-out), got {self.adc_bits}")
         for name, value, allowed in (("mapping", self.mapping, MAPPINGS), ("adc_range", self.adc_range, ADC_RANGES),
-                                     ("signed", self.signed, SIGNED_MODES)):  # fmt: skip
+                                     ("signed", self.signed, SIGNED_MODES), ("adc_input", self.adc_input, ADC_INPUTS),
+                                     ("adc_transfer", self.adc_transfer, ADC_TRANSFERS), ("dummy", self.dummy, DUMMIES),
+                                     ("analog", self.analog, ANALOG_SCOPES)):  # fmt: skip
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         r = self.on_off_ratio
@@ -82,6 +135,12 @@ class CrossbarConfig:
         if self.stuck_at_zero + self.stuck_at_one > 1:
             raise ValueError("stuck_at_zero + stuck_at_one must be <= 1")
         _int("seed", self.seed, 0)
+        if not isinstance(self.drop_remainder, bool):
+            raise TypeError(f"drop_remainder must be a bool, got {self.drop_remainder!r}")
+        if self.drop_remainder and self.mapping != "tap":
+            raise ValueError("drop_remainder needs mapping='tap' (the original drops channels per kernel tap)")
+        if self.dummy == "midpoint" and self.signed != "dummy":
+            raise ValueError("dummy='midpoint' needs signed='dummy'")
 
     @property
     def cell_levels(self) -> int:

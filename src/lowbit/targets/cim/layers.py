@@ -67,12 +67,14 @@ class CrossbarLayer(nn.Module):
         codes, bits, a, b_col, s_col = weight_grid(layer)
         offset = (2**bits - 1) // 2
         self.a = a
-        self.register_buffer("w_scale", s_col)
-        self.register_buffer("beta", a * offset + b_col)  # digital correction per unit of input sum
-        self.register_buffer("w_value", s_col[:, None] * (a * codes + b_col[:, None]))  # [C, K], for b_x != 0
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
         taps = codes.shape[1] // layer.in_channels if self.conv else 1
         self.array = CrossbarArray(codes.t(), bits, offset, cfg, taps=taps, generator=generator)
+        kept = self.array.kept.double()  # rows dropped by drop_remainder contribute nothing, as in the original
+        self.register_buffer("kept", kept)
+        self.register_buffer("w_scale", s_col)
+        self.register_buffer("beta", a * self.array.offset + b_col)  # digital correction per unit of input sum
+        self.register_buffer("w_value", s_col[:, None] * (a * codes + b_col[:, None]) * kept)  # [C, K], for b_x != 0
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
         if isinstance(source, ActQuant):
             self.input_quant: ActQuant | None = source
             self._pact: tuple[PACT, ...] = ()
@@ -85,7 +87,7 @@ class CrossbarLayer(nn.Module):
         """Name, tiles, slices, ADC bits and signed scheme."""
         cfg = self.array.cfg
         return (f"{self.name!r}, tiles={self.array.tiles}x{cfg.rows}, slices={self.array.slices}x{cfg.cell_bits}b, "
-                f"adc={cfg.adc_bits}, signed={cfg.signed}")  # fmt: skip
+                f"adc={cfg.adc_bits}, signed={cfg.signed}, adc_input={cfg.adc_input}, transfer={cfg.adc_transfer}")  # fmt: skip
 
     def _input_codes(self, x: Tensor) -> tuple[Tensor, Tensor, float, int]:
         """Unsigned integer input codes, their step ``s_x``, offset ``b_x`` and bit count."""
@@ -130,7 +132,7 @@ class CrossbarLayer(nn.Module):
         else:
             cols = codes.reshape(-1, codes.shape[-1])
         acc = self.array(cols, bits)  # [M, C], integer units
-        y = self.w_scale * (self.a * acc + self.beta * cols.double().sum(1, keepdim=True))
+        y = self.w_scale * (self.a * acc + self.beta * (cols.double() @ self.kept)[:, None])
         if b_x:
             # Inputs carry b_x even where zero padding put a code of 0: count only the real ones.
             if self.conv:

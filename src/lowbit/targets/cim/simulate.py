@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ...nn.act import PACT, ActQuant
-from ...nn.layers import QuantLayer
+from ...nn.layers import QuantConv2d, QuantLayer
 from .config import CrossbarConfig
 from .layers import CrossbarLayer
 
@@ -22,6 +22,17 @@ _GRID_KEEPING = (nn.Identity, nn.Flatten, nn.Dropout, nn.ReLU, nn.MaxPool1d, nn.
 
 def _matches(pattern: str, name: str) -> bool:
     return name == pattern or fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+
+
+def _in_scope(cfg: CrossbarConfig, name: str, m: nn.Module, first_conv: str | None) -> bool:
+    """Whether ``cfg.analog`` puts layer ``name`` on a crossbar (TorchInference_RRAM keeps the first conv and FC layers digital)."""
+    if cfg.analog == "all":
+        return True
+    if not isinstance(m, QuantConv2d):
+        return False
+    if cfg.analog == "convs":
+        return name != first_conv
+    return m.in_channels >= cfg.rows  # wide_convs: the original's literal Cin >= 128 rule
 
 
 def _pact_before(mods: list[tuple[str, nn.Module]], i: int) -> PACT | None:
@@ -44,6 +55,8 @@ def simulate(
     A crossbar layer needs integer inputs: its own input quantizer, or a PACT module
     right before it (only max-pool, flatten, dropout or identity in between). The
     device draws (variation, faults) come from ``config.seed``, layer after layer.
+    ``config.analog`` narrows the analog layers further (``CrossbarConfig.preset("torchinference_rram")``
+    keeps the first conv and the Linear layers digital, as the original does).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -65,10 +78,11 @@ def simulate(
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     layers: dict[str, str] = {}
+    first_conv = next((n for n, m in mods if isinstance(m, QuantConv2d)), None)
     for i, (name, m) in enumerate(mods):
         if not isinstance(m, QuantLayer):
             continue
-        if any(_matches(p, name) for p in digital):
+        if any(_matches(p, name) for p in digital) or not _in_scope(cfg, name, m, first_conv):
             layers[name] = "digital"
             continue
         source: nn.Module | None = m.input_quant if isinstance(m.input_quant, ActQuant) else _pact_before(mods, i)
