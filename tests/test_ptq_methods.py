@@ -172,3 +172,49 @@ def test_quantize_rejects_unknown_methods_and_options() -> None:
         lowbit.quantize(model, "w4", method="gptq")
     with pytest.raises(ValueError, match="not a plain PTQ quantizer"):
         lowbit.quantize(model, "w4:lsq", calib=calib, method="gptq")
+
+
+def test_choose_bits_respects_the_budget_and_spares_the_sensitive_layer() -> None:
+    from lowbit.algorithms.mixed_precision import average_bits, choose_bits
+    from lowbit.algorithms.sensitivity import Sensitivity
+
+    bits = [8, 4, 3, 2]
+    s = Sensitivity(["a", "b", "c"], bits, {"a": 100, "b": 1000, "c": 1000}, 99.0, 0.1)
+    s.loss_increase = {"a": {8: 0, 4: 0.01, 3: 0.1, 2: 1.0}, "b": {8: 0, 4: 0.001, 3: 0.002, 2: 0.004},
+                       "c": {8: 0, 4: 0.2, 3: 0.5, 2: 5.0}}
+    for budget in (2.0, 3.0, 4.0, 6.0):
+        choice = choose_bits(s, budget)
+        assert average_bits(choice, s.params) <= budget + 1e-9
+        assert choice["b"] <= choice["c"]  # the insensitive layer gives its bits first
+    assert choose_bits(s, 3.0) == {"a": 8, "b": 2, "c": 3}  # 800 + 2000 + 3000 <= 3 * 2100 bits
+    with pytest.raises(ValueError, match="budget must be >= the narrowest bit width 2"):
+        choose_bits(s, 1.5)
+
+
+def test_sensitivity_and_mixed_precision_on_a_small_model() -> None:
+    from lowbit.algorithms.mixed_precision import average_bits
+
+    model, calib = _mlp(3), _calib(3)
+    with torch.no_grad():
+        data = [(x, model(x).argmax(1)) for x in _calib(4)]  # the float model is right by construction
+    sens = lowbit.sensitivity(model, calib, data, bits=(8, 2))
+    assert sens.layers == ["0", "2", "5"] and sens.float_acc == 100.0
+    for n in sens.layers:
+        assert sens.loss_increase[n][2] > sens.loss_increase[n][8]
+        assert sens.hessian[n][2] > sens.hessian[n][8] >= 0
+        assert sens.trace[n] > 0
+    cfg = lowbit.mixed_precision(model, calib, data, budget=5.0, bits=(8, 2), sens=sens)
+    parsed = lowbit.QuantConfig.parse(cfg)
+    qm = lowbit.quantize(model, parsed, calib=calib)
+    chosen = {n: layer.weight_quant.bits for n, layer in lowbit.api.quantized_layers(qm).items()}
+    assert average_bits(chosen, sens.params) <= 5.0 and set(chosen.values()) == {8, 2}
+
+
+def test_sensitivity_command_prints_the_table(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from lowbit.cli import main
+
+    assert main(["sensitivity", "--epochs", "1", "--bits", "8,2", "--budget", "4", "--no-plots", "--out", str(tmp_path),
+                 "--progress", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "| features.0 |" in out and "mixed precision at <= 4 bits/weight" in out
+    assert (tmp_path / "sensitivity.md").read_text().count("| classifier |") == 1

@@ -17,7 +17,9 @@ from .quantizer import Quantizer, QuantSpec, parse_spec, quantizer
 from .ranges import Granularity, register_range
 
 # the 4.6-bit pair arithmetic lives with the MCU target; loaded on first use (see __getattr__)
-_LAZY = {"FourSixPair": "lowbit.targets.mcu.pairs", "pair46": "lowbit.targets.mcu.pairs"}
+_LAZY = {"FourSixPair": "lowbit.targets.mcu.pairs", "pair46": "lowbit.targets.mcu.pairs",
+         # per-layer sensitivity and bit widths under a budget (issue 17): the algorithms layer, loaded on first use
+         "sensitivity": "lowbit.algorithms.sensitivity", "mixed_precision": "lowbit.algorithms.mixed_precision"}
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,8 @@ __all__ = [
     "build_quantizer",
     "double_quantize",
     "pair46",
+    "sensitivity",
+    "mixed_precision",
     "state_levels",
     "state_quantizer",
     "Codebook",

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "cim": "lowbit.commands.cim",
     "share": "lowbit.commands.share",
     "quantize-checkpoint": "lowbit.commands.quantize_checkpoint",
+    "sensitivity": "lowbit.commands.sensitivity",
 }
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

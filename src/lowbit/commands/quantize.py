@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, data_from_checkpoint=True)
     p.add_argument("--config", default="w8", help="quantization config, e.g. 'w4', 'w4,a8', '*=int4:channel:mse,classifier=int8' (default: w8)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for activation ranges (default: 8)")
+    p.add_argument("--method", default="nearest", choices=("nearest", "gptq", "adaround"),
+                   help="weight rounding: nearest, or layer by layer on the calibration batches with GPTQ or AdaRound (default: nearest)")
     add_out(p, None, "where to save the integer model (default: <checkpoint>.<config>.lowbit)")
 
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     test = loader(ds.test, 256)
     calib = loader(ds.train, 64, shuffle=True, seed=args.seed)
     acc_f = evaluate(model, test)
-    qmodel = convert(quantize(model, args.config, calib=calib, calib_batches=args.calib_batches))
+    qmodel = convert(quantize(model, args.config, calib=calib, calib_batches=args.calib_batches, method=args.method))
     acc_q = evaluate(qmodel, test)
     safe = "".join(c if c.isalnum() else "_" for c in args.config)
     out = args.out or str(Path(args.checkpoint).with_suffix("")) + f".{safe}.lowbit"
