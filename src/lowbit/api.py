@@ -339,13 +339,32 @@ def read_metadata(path: "str | os.PathLike[str]") -> dict[str, str]:
     return meta
 
 
-def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.Module:
+def load(
+    path: "str | os.PathLike[str]", model: nn.Module | None = None, *, builder: "str | Callable[..., nn.Module] | None" = None
+) -> nn.Module:
     """Rebuild a model written by :func:`save`, with identical outputs.
 
-    Reference models (``lowbit.models``) rebuild from the stored architecture;
-    for any other model pass ``model=`` a float instance of the same architecture
-    (its values are overwritten).
+    Reference and zoo models (``lowbit.models``) rebuild by name from a fixed registry;
+    for any other model pass ``model=`` a float instance of the same architecture (its
+    values are overwritten) or ``builder=`` (``"path/to/file.py:build_fn"``,
+    ``"package.module:build_fn"``, a ``torch.export`` ``.pt2`` file, or a callable) that
+    builds one. A file never makes lowbit import or run code it names: only the
+    caller's ``builder=`` is imported.
     """
+    if builder is not None:
+        if model is not None:
+            raise ValueError("pass either model= or builder=, not both")
+        from .models.user import build_user_model
+
+        hint = read_metadata(path)
+        shape = hint.get("lowbit.input_shape")
+        classes = hint.get("lowbit.num_classes")
+        try:  # plain numbers the command line recorded: passed to the builder only if it asks for them
+            dims = [int(d) for d in shape.split(",")] if shape else None
+            n = int(classes) if classes else None
+        except ValueError:
+            dims, n = None, None
+        model = build_user_model(builder, input_shape=dims, num_classes=n)
     if model is not None and (h := model_handler_for(model)) is not None:  # spiking networks: lowbit.snn.verbs
         return h.load(path, model)
     tensors, meta = load_qtensors(path, with_metadata=True)
@@ -359,14 +378,19 @@ def load(path: "str | os.PathLike[str]", model: nn.Module | None = None) -> nn.M
     except (ValueError, TypeError) as e:  # JSON errors are ValueErrors
         raise ValueError(f"{path}: unreadable model record: {e}") from None
     if model is None:
+        # what the caller must pass; the file's own note of its builder is quoted, never imported
+        source = meta.get("lowbit.source", "")
+        needs = ("pass model=<a float instance of the same architecture> or builder="
+                 + (f"{source!r} (the file says it was built by it; lowbit imports a builder only when you pass it)"
+                    if source else "'path/to/file.py:build_fn' (or 'package.module:build_fn', or a .pt2 program)"))
         if saved.arch is None:
-            raise ValueError(
-                f"{path} has no architecture description (not a lowbit reference model): "
-                "pass model=<a float instance of the same architecture>"
-            )
+            raise ValueError(f"{path} holds a model that is not a lowbit reference model: {needs}")
         from .models import build_from_arch
 
-        model = build_from_arch(saved.arch)
+        try:
+            model = build_from_arch(saved.arch)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}; {needs}") from None
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
     else:

@@ -8,9 +8,11 @@ from torch import nn
 
 from .mlp import MLP
 from .vgg import SmallVGG
+from .user import build_user_model, is_builder_spec
 from .zoo import ZOO
 
-__all__ = ["MLP", "SmallVGG", "build_model", "build_from_arch", "model_names", "register_model"]
+__all__ = ["MLP", "SmallVGG", "build_model", "build_from_arch", "model_names", "register_model", "build_user_model",
+           "is_builder_spec"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "vgg": SmallVGG}
 _MODELS.update({name: entry.factory for name, entry in ZOO.items()})  # the zoo (lowbit.models.zoo)
@@ -46,9 +48,38 @@ def build_model(
     return model
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(v: Any) -> bool:
+    """True for JSON data (numbers, strings, lists, dicts of them): nothing that can name code to run."""
+    if isinstance(v, _JSON_SCALARS):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    return isinstance(v, dict) and all(isinstance(k, str) and _plain(x) for k, x in v.items())
+
+
 def build_from_arch(arch: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a model from its ``lowbit_arch`` description."""
+    """Rebuild a reference or zoo model from its ``lowbit_arch`` description (registered names only).
+
+    The description comes from a file, so it is data, never code: the name must be one of
+    :func:`model_names` (the fixed registry; no module path is imported), the shape and class
+    count integers, the keyword arguments plain JSON values.
+    """
+    if not isinstance(arch, Mapping):
+        raise ValueError(f"architecture description must be a mapping, got {type(arch).__name__}")
+    name = arch.get("name")
+    if not isinstance(name, str) or name not in _MODELS:
+        raise ValueError(f"the file names architecture {name!r}, which is not a registered lowbit model "
+                         f"({', '.join(model_names())}); lowbit builds only registered models by name")
+    kwargs = arch.get("kwargs", {})
+    shape = arch.get("input_shape")
+    if (not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+            or not isinstance(arch.get("num_classes"), int) or not isinstance(kwargs, dict) or not _plain(kwargs)):
+        raise ValueError(f"malformed architecture description {dict(arch)!r}: input_shape must be a list of ints, "
+                         "num_classes an int, kwargs plain values")
     try:
-        return build_model(arch["name"], arch["input_shape"], arch["num_classes"], **dict(arch.get("kwargs", {})))
+        return build_model(name, shape, arch["num_classes"], **kwargs)
     except (KeyError, TypeError) as e:
         raise ValueError(f"malformed architecture description {dict(arch)!r}: {e}") from None

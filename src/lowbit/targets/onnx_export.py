@@ -484,6 +484,8 @@ def _convert_node(ctx: _Ctx, gm: torch.fx.GraphModule, node: torch.fx.Node, env:
     if node.op not in ("call_function", "call_method"):
         raise ValueError(f"node {base!r}: fx op {node.op!r} ({target}) has no ONNX form")
     key = target if node.op == "call_function" else str(target)
+    if isinstance(target, torch._ops.OpOverload):  # a torch.export program's aten ops map as their method names
+        key = target.overloadpacket.__name__
     name = getattr(target, "__name__", str(target))
     if key in _FUNC_ACTS:
         return g.op(_FUNC_ACTS[key], [_arg_name(ctx, env, node.args[0], base)], base)
