@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adc-range", default="dynamic", choices=("dynamic", "full_scale"))
     parser.add_argument("--signed", default="dummy", choices=("dummy", "differential"))
     parser.add_argument("--on-off", type=float, default=math.inf, help="on/off conductance ratio (default inf)")
+    parser.add_argument("--preset", default="neurosim", choices=("neurosim", "torchinference_rram"),
+                        help="crossbar model: neurosim (two ADCs, lowbit's default) or torchinference_rram (one ADC on the "
+                             "difference, the original's transfer, per-tap mapping, first conv and FC digital)")  # fmt: skip
     parser.add_argument("--digital", default="features.0,classifier",
                         help="comma-separated layer patterns kept digital (default: first layer and classifier)")  # fmt: skip
     add_out(parser, "reports/cim", "folder for the table and plot")
@@ -112,9 +115,9 @@ def sweep(model: nn.Module, args: argparse.Namespace, data: Any = None) -> tuple
                 trials = args.trials if var > 0 else 1
                 accs = []
                 for t in range(trials):
-                    cfg = CrossbarConfig(cell_bits=cell, rows=args.rows, adc_bits=bits, adc_range=args.adc_range,
-                                         signed=args.signed, on_off_ratio=args.on_off, variation=var,
-                                         seed=args.seed + t)  # fmt: skip
+                    cfg = CrossbarConfig.preset(getattr(args, "preset", "neurosim"), cell_bits=cell, rows=args.rows,
+                                                adc_bits=bits, adc_range=args.adc_range, signed=args.signed,
+                                                on_off_ratio=args.on_off, variation=var, seed=args.seed + t)  # fmt: skip
                     accs.append(_accuracy(simulate(model, cfg, digital=digital), x, y))
                 table[(cell, bits, var)] = sum(accs) / len(accs)
     return soft, table
@@ -160,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     for cell in args.cells:  # bad settings fail now, not after training
         for bits in args.adc:
             for var in args.variation:
-                CrossbarConfig(cell_bits=cell, rows=args.rows, adc_bits=bits, on_off_ratio=args.on_off, variation=var)
+                CrossbarConfig.preset(args.preset, cell_bits=cell, rows=args.rows, adc_bits=bits, on_off_ratio=args.on_off,
+                                      variation=var, signed=args.signed)  # fmt: skip
     t0 = time.perf_counter()
     if args.model:
         model, meta, ds = load_model(args.model, args.data)

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-min-exp", type=int, nargs="*", default=[-4],
                    help="more PWFN rows with these smallest exponents; weights below 2^e go to zero (default: -4)")
     p.add_argument("--max-terms", type=int, default=4, help="powers of two per weight-fixing centre, 1..4 (default: 4)")
+    p.add_argument("--preset", default="lowbit",
+                   help="weight-fixing preset(s), comma-separated: lowbit (this library's), pwfn (the original's rules) (default: lowbit)")
     p.add_argument("--qat-epochs", type=int, default=5, help="epochs of 4-bit QAT (default: 5)")
     add_out(p, "reports/share", "folder for the table and plots")
     add_no_plots(p)
@@ -84,9 +86,10 @@ def _plot(path: Path, title: str, results: dict[str, nn.Module]) -> None:
 def _row(name: str, model: nn.Module, test: Any, seconds: float) -> dict[str, Any]:
     from ..train import evaluate
 
-    st = share_stats(model)
+    st, sb = share_stats(model), share_stats(model, include_bias=True)
     return {"method": name, "acc": evaluate(model, test), "unique": st.unique,
-            "layer_max": max(u for u, _, _ in st.per_layer.values()), "entropy": st.entropy, "time": seconds}  # fmt: skip
+            "layer_max": max(u for u, _, _ in st.per_layer.values()), "entropy": st.entropy, "time": seconds,
+            "unique_wb": sb.unique, "entropy_wb": sb.entropy}  # fmt: skip
 
 
 def _one_run(data: str, model_name: str, args: argparse.Namespace, ks: list[int]) -> tuple[list[dict[str, Any]], dict[str, nn.Module]]:
@@ -115,13 +118,18 @@ def _one_run(data: str, model_name: str, args: argparse.Namespace, ks: list[int]
             km = kmeans_share(model, k, scope, loader=train(), epochs=args.ft_epochs, lr=1e-3)
             rows.append(_row(f"k-means {k} per {scope}", km, test, time.perf_counter() - t0))
     fixed: dict[str, nn.Module] = {}
-    variants = [("probabilistic", args.min_exp, f"weight fixing (PWFN, 2^{args.min_exp})"),
-                ("deterministic", args.min_exp, f"weight fixing (WFN-style, 2^{args.min_exp})")]
-    variants += [("probabilistic", e, f"weight fixing (PWFN, 2^{e})") for e in args.extra_min_exp]
-    for mode, min_exp, label in variants:
+    presets = [p.strip() for p in args.preset.split(",") if p.strip()]
+    variants = []
+    if "lowbit" in presets:
+        variants += [("probabilistic", args.min_exp, f"weight fixing (PWFN, 2^{args.min_exp})", "lowbit"),
+                     ("deterministic", args.min_exp, f"weight fixing (WFN-style, 2^{args.min_exp})", "lowbit")]
+        variants += [("probabilistic", e, f"weight fixing (PWFN, 2^{e})", "lowbit") for e in args.extra_min_exp]
+    if "pwfn" in presets:  # the original's rules; only its probabilistic mode exists
+        variants += [("probabilistic", e, f"weight fixing (pwfn preset, 2^{e})", "pwfn") for e in [args.min_exp, *args.extra_min_exp]]
+    for mode, min_exp, label, preset in variants:
         seed_everything(args.seed)
         t0 = time.perf_counter()
-        wf = weight_fixing(model, train(), mode=mode, epochs_per_round=args.fix_epochs,
+        wf = weight_fixing(model, train(), mode=mode, preset=preset, epochs_per_round=args.fix_epochs,
                            min_exp=min_exp, max_terms=args.max_terms)  # fmt: skip
         rows.append(_row(label, wf, test, time.perf_counter() - t0))
         fixed[label] = wf
@@ -136,11 +144,13 @@ def _one_run(data: str, model_name: str, args: argparse.Namespace, ks: list[int]
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> str:
-    head = "| method | accuracy % | unique (network) | max unique per layer | entropy (bits) | time s |"
-    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|"]
+    head = ("| method | accuracy % | unique (network) | max unique per layer | entropy (bits) | time s "
+            "| unique (weights+biases) | entropy (weights+biases) |")
+    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['acc']:.2f} | {r['unique']} | {r['layer_max']} | {r['entropy']:.3f} | {r['time']:.1f} |")
-    lines += ["", f"Counted: {COUNTED}; zeros included."]
+        lines.append(f"| {r['method']} | {r['acc']:.2f} | {r['unique']} | {r['layer_max']} | {r['entropy']:.3f} | {r['time']:.1f} "
+                     f"| {r['unique_wb']} | {r['entropy_wb']:.3f} |")
+    lines += ["", f"Counted: {COUNTED}; zeros included. The last two columns add the Conv/Linear biases (PWFN's count)."]
     return "\n".join(lines)
 
 
@@ -158,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     ks = parse_ints(args.ks, "--ks", 2)
+    bad = {p.strip() for p in args.preset.split(",")} - {"lowbit", "pwfn"}
+    if bad or not args.preset.strip():
+        raise ValueError(f"--preset must be lowbit, pwfn or both comma-separated, got {args.preset!r}")
     runs = []
     for item in args.runs.split(","):
         data, _, model = item.strip().partition(":")
