@@ -80,10 +80,10 @@ def test_type_rules_and_conv_layers_are_quantized(float_model):
 def test_config_errors_name_the_module(float_model):
     with pytest.raises(ValueError, match="'clasifier' matches no module"):
         lowbit.quantize(float_model, {"*": "int8", "clasifier": "int4"})
-    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match=r"module '0' \(Embedding\) cannot be quantized"):
+    emb = nn.Sequential(nn.PReLU(), nn.Flatten(), nn.Linear(8, 2))  # PReLU: a module with weights and no handler
+    with pytest.raises(ValueError, match=r"module '0' \(PReLU\) cannot be quantized"):
         lowbit.quantize(emb, {"0": "int4"})
-    with pytest.warns(UserWarning, match=r"0 \(Embedding\)"):
+    with pytest.warns(UserWarning, match=r"0 \(PReLU\)"):
         q = lowbit.quantize(emb, "w4")
     assert isinstance(q[2], QuantLinear)
     with pytest.raises(ValueError, match=r"module .features.0. \(Conv2d\): group size 64"):

@@ -65,10 +65,11 @@ def _swap(model: nn.Module, cfg: QuantConfig) -> dict[str, dict[str, object]]:
             some = ", ".join(n for n, _ in named[:12])
             raise ValueError(f"config pattern {p!r} matches no module; module names are: {some}{', ...' if len(named) > 12 else ''}")
     layers: dict[str, dict[str, object]] = {}
+    shells: set[str] = set()  # replaced containers whose children the config still quantizes one by one
     unhandled: list[str] = []
     device = next((p.device for p in model.parameters()), None)
     for name, mod in named:
-        if isinstance(mod, (QuantLayer, PACT, ActQuant)) or any(name.startswith(k + ".") for k in layers):
+        if isinstance(mod, (QuantLayer, PACT, ActQuant)) or any(name.startswith(k + ".") for k in layers if k not in shells):
             continue
         wspec, aspec = cfg.weight_spec(name, mod), cfg.act_spec(name, mod)
         handler = handler_for(mod)
@@ -79,7 +80,7 @@ def _swap(model: nn.Module, cfg: QuantConfig) -> dict[str, dict[str, object]]:
                     f"module {name!r} ({type(mod).__name__}) cannot be quantized: no handler for its type; "
                     f"handled types: {', '.join(handled_types())} (add one with lowbit.nn.register_handler)"
                 )
-            if wspec and _own_params(mod) and not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            if wspec and _own_params(mod) and not isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
                 unhandled.append(f"{name} ({type(mod).__name__})")
             continue
         if isinstance(mod, nn.ReLU) and not is_pact_spec(aspec):
@@ -93,6 +94,8 @@ def _swap(model: nn.Module, cfg: QuantConfig) -> dict[str, dict[str, object]]:
         if device is not None:
             new.to(device)  # quantizers built now start on the CPU
         _set_module(model, name, new)
+        if getattr(new, "lowbit_shell", False):
+            shells.add(name)
         if isinstance(new, PACT):
             layers[name] = {"kind": "PACT", "act": new.spec}
         else:
@@ -413,14 +416,17 @@ def load(
         if type(new).__name__ != info.get("kind"):
             raise ValueError(f"{path}: layer {name!r} rebuilt as {type(new).__name__}, the file says {info.get('kind')}")
         _set_module(model, name, new)
-        if isinstance(new, QuantLayer) and info.get("converted"):
-            qt = tensors.get(f"{name}.weight")
+        # a layer, or the quantized layers inside a replaced module (attention, RNN)
+        subs = [(name, new)] if isinstance(new, QuantLayer) else [
+            (f"{name}.{s}", m) for s, m in new.named_modules() if s and isinstance(m, QuantLayer) and m.weight_quant is not None]
+        for lname, layer in subs if info.get("converted") else []:
+            qt = tensors.get(f"{lname}.weight")
             if not isinstance(qt, QTensor):
-                raise ValueError(f"{path}: converted layer {name!r} has no integer weight entry")
+                raise ValueError(f"{path}: converted layer {lname!r} has no integer weight entry")
             try:
-                new.set_qweight(qt)
+                layer.set_qweight(qt)
             except ValueError as e:
-                raise ValueError(f"{path}: layer {name!r}: {e}; is it the same architecture?") from None
+                raise ValueError(f"{path}: layer {lname!r}: {e}; is it the same architecture?") from None
     if saved.config:  # the graph path re-traces the float model and inserts the same edge quantizers
         model = quantize_edges(model, as_config(saved.config), {n: dict(d) for n, d in saved.layers.items()})
     state = {k: v for k, v in tensors.items() if not k.endswith(":q") and isinstance(v, Tensor)}

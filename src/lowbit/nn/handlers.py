@@ -133,3 +133,17 @@ register_handler(nn.ConvTranspose1d, _transposed_handler(QuantConvTranspose1d))
 register_handler(nn.ConvTranspose2d, _transposed_handler(QuantConvTranspose2d))
 register_handler(nn.ConvTranspose3d, _transposed_handler(QuantConvTranspose3d))
 register_handler(nn.ReLU, _relu_handler)
+
+# attention, transformer layers, embeddings, RNNs (their modules import this one lazily)
+from .attention import mha_handler, out_proj_handler, transformer_handler  # noqa: E402
+from .embedding import embedding_handler  # noqa: E402
+from .rnn import rnn_handler  # noqa: E402
+
+register_handler(nn.MultiheadAttention, mha_handler)
+register_handler(nn.modules.linear.NonDynamicallyQuantizableLinear, out_proj_handler)
+for _t in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder):
+    register_handler(_t, transformer_handler)
+register_handler(nn.Embedding, embedding_handler)
+register_handler(nn.EmbeddingBag, embedding_handler)
+register_handler(nn.LSTM, rnn_handler)
+register_handler(nn.GRU, rnn_handler)
