@@ -387,7 +387,8 @@ def _q_gradient(q: nn.Module, x: Tensor) -> None:
         want_x = torch.where((x > 0) & (x < a), w, torch.zeros_like(w))
         want_a = (w * (x >= a)).sum()
         assert torch.allclose(gx, want_x), "PACT: the gradient to x passes where 0 < x < alpha only"
-        assert torch.allclose(gp[0], want_a, rtol=1e-5, atol=1e-6), "PACT: d y / d alpha is 1 where x >= alpha"
+        tol = 1e-5 * float((w.abs() * (x >= a)).sum()) + 1e-6  # summation order of a long row sum
+        assert abs(float(gp[0]) - float(want_a)) <= tol, f"PACT: d y / d alpha is 1 where x >= alpha ({float(gp[0])} vs {float(want_a)})"
     elif isinstance(inner, LSQQuantizer):  # LSQ: reference autograd with gradient-scaled steps
         s = inner.scale.detach().clone().requires_grad_(True)
         fmt, gran = inner.fmt, inner.granularity
