@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_data, add_progress, add_seed, add_threads, data_packages, load_model, setup
+from ._common import add_data, add_model_source, add_progress, add_seed, add_threads, data_packages, model_source, setup
 
-HELP = "export a saved quantized model as integer-only C (header + one source file) with a memory report"
+HELP = "export a quantized model as integer-only C (header + one source file) with a memory report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit export-c``."""
-    p.add_argument("model", help="a quantized model written by lowbit.save (lowbit quantize / train --qat)")
+    add_model_source(p, positional_help="a quantized model written by lowbit.save (lowbit quantize / train --qat)")
     p.add_argument("--out", required=True, help="output folder for <name>.h and <name>.c (created; files replaced)")
     add_data(p, from_checkpoint=True)
     p.add_argument("--calib-samples", type=int, default=512, help="training inputs used to calibrate activation ranges (default: 512)")
@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ram", default=None, help="RAM budget, e.g. 2k: fail if the model needs more")
     p.add_argument("--name", default="lowbit_model", help="file name stem (default: lowbit_model)")
     p.add_argument("--harness", action="store_true", help="also write <name>_main.c (stdin inputs -> stdout int32 logits)")
+    p.add_argument("--target", choices=("host", "cortex-m0", "cortex-m4", "rv32imc", "rv32ec"), default=None,
+                   help="also write a harness for this target (semihosting file I/O on a microcontroller) and <name>_build.sh; "
+                        "when the cross compiler is installed, build it and print the linked flash and RAM")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split accuracy of the integer model")
     add_seed(p)
     add_threads(p)
@@ -50,13 +53,19 @@ def run(args: argparse.Namespace) -> int:
                 parse_bytes(getattr(args, opt))  # a malformed budget fails before any work
             except ValueError as e:
                 raise ValueError(f"--{opt}: {e}") from None
-    model, _, ds = load_model(args.model, args.data)
+    src = model_source(args)
+    model, ds = src.model, src.dataset
     x_train = ds.train.tensors[0][: args.calib_samples]
     program = lower(model, x_train, shift=args.shift, ternary=args.ternary)
     report = memory_report(program)
     print(report.markdown())
-    res = export_program(program, args.out, name=args.name, harness=args.harness, flash=args.flash, ram=args.ram)
+    res = export_program(program, args.out, name=args.name, harness=args.harness or args.target is not None,
+                         flash=args.flash, ram=args.ram, target=args.target)
     print(f"wrote {', '.join(str(p) for p in res.files.values())}")
+    if args.target is not None:
+        from ..targets.mcu.cross import linked_report
+
+        print(linked_report(res, args.out, args.target, name=args.name, flash=args.flash, ram=args.ram))
     if not args.no_eval:
         x, y = ds.test.tensors
         model.eval()

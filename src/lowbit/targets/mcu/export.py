@@ -111,8 +111,14 @@ def _fmt_float(v: float) -> str:
     return f"{v:.9g}"
 
 
-def render(program: IntProgram, *, name: str = "lowbit_model", prefix: str = "lowbit", harness: bool = False) -> dict[str, str]:
-    """The C files for ``program`` as ``{file name: text}`` (nothing is written)."""
+def render(
+    program: IntProgram, *, name: str = "lowbit_model", prefix: str = "lowbit", harness: bool = False, target: str | None = None
+) -> dict[str, str]:
+    """The C files for ``program`` as ``{file name: text}`` (nothing is written); ``target``: see :mod:`.cross`."""
+    from .cross import build_line
+    from .cross import target as find_target
+
+    tgt = find_target(target) if target is not None else None
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"name must be a C identifier (letters, digits, '_'), got {name!r}")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
@@ -206,7 +212,12 @@ def render(program: IntProgram, *, name: str = "lowbit_model", prefix: str = "lo
     )
     files = {f"{name}.h": header, f"{name}.c": source}
     if harness:
-        files[f"{name}_main.c"] = _template("lowbit_main.c.in").substitute(NAME=name, PREFIX=prefix)
+        if tgt is None or tgt.is_host:
+            files[f"{name}_main.c"] = _template("lowbit_main.c.in").substitute(NAME=name, PREFIX=prefix)
+        else:  # semihosting file I/O: the emulator (or a debug probe) gives the part the host's files
+            files[f"{name}_main.c"] = _template("lowbit_semihost.c.in").substitute(NAME=name, PREFIX=prefix, TARGET=tgt.name)
+    if tgt is not None:
+        files[f"{name}_build.sh"] = build_line(name, tgt.name)
     return files
 
 
@@ -241,11 +252,12 @@ def export_program(
     harness: bool = False,
     flash: "str | int | None" = None,
     ram: "str | int | None" = None,
+    target: str | None = None,
 ) -> ExportResult:
-    """Write the C files for an already lowered :class:`IntProgram` (budgets checked first)."""
+    """Write the C files for an already lowered :class:`IntProgram` (budgets checked first); ``target`` adds ``<name>_build.sh``."""
     report = memory_report(program)
     report.check(flash, ram)
-    files = render(program, name=name, prefix=prefix, harness=harness)
+    files = render(program, name=name, prefix=prefix, harness=harness, target=target)
     return ExportResult(program, report, _write_atomic(Path(out_dir), files))
 
 
@@ -261,7 +273,12 @@ def export(
     harness: bool = False,
     flash: "str | int | None" = None,
     ram: "str | int | None" = None,
+    target: str | None = None,
 ) -> ExportResult:
-    """Export a quantized model (PTQ, QAT or converted) as integer-only C; ``calib``: inputs for the activation ranges."""
+    """Export a quantized model (PTQ, QAT or converted) as integer-only C; ``calib``: inputs for the activation ranges.
+
+    ``target`` (``host``, ``cortex-m0``, ``cortex-m4``, ``rv32imc``, ``rv32ec``) picks the harness
+    (semihosting file I/O on a microcontroller) and writes ``<name>_build.sh`` with the build line.
+    """
     program = lower(model, calib, shift=shift, ternary=ternary)
-    return export_program(program, out_dir, name=name, prefix=prefix, harness=harness, flash=flash, ram=ram)
+    return export_program(program, out_dir, name=name, prefix=prefix, harness=harness, flash=flash, ram=ram, target=target)
