@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -228,3 +229,183 @@ def parse_ints(text: str, option: str, lo: int = 1, hi: int | None = None) -> li
         raise ValueError(f"{option} must hold integers in {rng}, got {text!r}")
     return vals
 
+
+
+# --------------------------------------------------------------------------- the model a command works on
+
+def input_shape_arg(text: str) -> tuple[int, ...]:
+    """``--input-shape`` (``1,8,8`` or ``1x8x8``): positive integers, one input without the batch dimension."""
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape must be comma-separated integers such as 1,8,8, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"--input-shape must hold positive integers, got {text!r}")
+    return dims
+
+
+MODEL_FORMS = "a reference model ({names}), path/to/file.py:build_fn, package.module:build_fn, or a torch.export program file.pt2"
+
+
+def model_spec_arg(text: str) -> str:
+    """``--model``: a reference model name or a builder spec; anything else is an argparse error."""
+    from ..models import is_builder_spec, model_names
+
+    if text in model_names() or is_builder_spec(text):
+        return text
+    from ..suggest import closest
+
+    near = closest(text, model_names())
+    raise argparse.ArgumentTypeError(f"--model {text!r} is not " + MODEL_FORMS.format(names=", ".join(model_names()))
+                                     + (f"; did you mean {near!r}?" if near else ""))
+
+
+def add_model_source(p: argparse.ArgumentParser, *, positional: str | None = "checkpoint",
+                     positional_help: str = "a model saved by lowbit (train, quantize, demo, lowbit.save)",
+                     model_help: str = "") -> None:
+    """A saved lowbit file (positional) or ``--model`` (+ ``--weights``), and ``--input-shape``: the same everywhere."""
+    from ..models import model_names
+
+    if positional:
+        p.add_argument(positional, nargs="?", default=None, metavar="MODEL_FILE",
+                       help=f"{positional_help}; or give --model instead")
+    p.add_argument("--model", type=model_spec_arg, default=None, metavar="MODEL",
+                   help=(model_help or "the model: ") + MODEL_FORMS.format(names=", ".join(model_names()))
+                   + "; with a saved file, the builder it was saved from (lowbit never imports code a file names)")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state_dict for --model: .pt/.pth (torch.load with weights_only=True) or .safetensors")
+    p.add_argument("--input-shape", type=input_shape_arg, default=None,
+                   help="shape of one input without the batch dimension, e.g. 1,8,8 (default: the dataset's, or the "
+                        "model file's)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_takes(model: nn.Module, probe: torch.Tensor, num_classes: int | None, what: str, source: str) -> None:
+    """Raise a one-line ValueError when ``model`` does not take ``probe`` or gives another number of classes."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's forward on these inputs is a mismatch
+        shape = ",".join(map(str, probe.shape[1:]))
+        raise ValueError(f"{what} does not take inputs of shape {shape} ({source}): {_first_line(e)}") from None
+    finally:
+        model.train(was)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if num_classes is not None and isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[-1] != num_classes:
+        raise ValueError(f"{what} gives {out.shape[-1]} outputs, but {source} has {num_classes} classes")
+
+
+@dataclass
+class ModelSource:
+    """The model a command works on and where it came from."""
+
+    model: nn.Module
+    meta: dict[str, str]  # the saved file's metadata ({} for a model built from --model)
+    label: str  # how to name it in messages and default output names
+    dataset: Any  # the dataset (None when the command needs none and --data was not given)
+    input_shape: tuple[int, ...] | None
+    record: dict[str, str] = field(default_factory=dict)  # metadata to save with what the command writes
+
+
+def _stem(spec: str) -> str:
+    where, _, fn = spec.rpartition(":")
+    base = Path(where or spec).stem if (where or spec).endswith((".py", ".pt2")) else (where or spec).rsplit(".", 1)[-1]
+    return "_".join(x for x in (base, fn) if x)
+
+
+def model_source(args: argparse.Namespace, *, file_attr: str = "checkpoint", file_flag: str = "",
+                 need_data: bool = True, seed: int = 0, default_model: str | None = None,
+                 build_seed: int | None = None) -> ModelSource:
+    """The model of ``args``: a saved lowbit file (rebuilt with ``--model`` when it is a user's model) or ``--model``.
+
+    Checks that the model, ``--input-shape`` and ``--data`` fit each other (one-line errors) and that the
+    weights are finite.
+    """
+    from ..api import load, read_metadata
+    from ..data import get_dataset
+    from ..models import build_model, build_user_model, model_names
+    from ..models.user import load_state_dict_file
+
+    path = getattr(args, file_attr, None)
+    spec = getattr(args, "model", None)
+    weights = getattr(args, "weights", None)
+    shape = getattr(args, "input_shape", None)
+    data = getattr(args, "data", None)
+    named = f"{file_flag} {path}" if file_flag else str(path)
+    if path and weights:
+        raise ValueError(f"--weights goes with --model; {named} already holds its weights")
+    if not path and not spec:
+        spec = default_model
+    if not path and not spec:
+        raise ValueError("give a saved model file or --model (" + MODEL_FORMS.format(names=", ".join(model_names())) + ")")
+    meta: dict[str, str] = read_metadata(path) if path else {}
+    arch = model_arch(meta) if path else None
+    recorded_shape = arch.get("input_shape") if arch else (meta.get("lowbit.input_shape") or None)
+    if isinstance(recorded_shape, str):
+        recorded_shape = [int(d) for d in recorded_shape.split(",") if d.strip().isdigit()]
+    name = data or ((meta.get("lowbit.data") or "digits") if need_data else None)
+    ds = (get_dataset(name, seed=seed) if seed else get_dataset(name)) if name else None
+    if shape is not None and ds is not None and tuple(shape) != tuple(ds.input_shape):
+        raise ValueError(f"--input-shape {','.join(map(str, shape))} does not match --data {name} "
+                         f"(inputs of shape {','.join(map(str, ds.input_shape))})")
+    in_shape = tuple(shape) if shape is not None else tuple(ds.input_shape) if ds is not None else (
+        tuple(int(s) for s in recorded_shape) if recorded_shape else None)
+    classes = ds.num_classes if ds is not None else None
+    source = f"--data {name}" if ds is not None else f"--input-shape {','.join(map(str, in_shape or ()))}"
+    record: dict[str, str] = {}
+    if path:
+        builder = None
+        if spec in model_names():
+            if arch and arch.get("name") != spec:
+                raise ValueError(f"{named} holds a {arch.get('name')!r} model but --model says {spec!r}; drop --model")
+        elif spec:
+            builder = spec
+        elif arch is None and "lowbit.arch" not in meta:
+            hint = meta.get("lowbit.source") or "path/to/file.py:build_fn"
+            raise ValueError(f"{named} was saved from a user's model: pass --model {hint} to rebuild it "
+                             "(lowbit never imports code a file names)")
+        if in_shape is not None:
+            check_fits(str(path), meta, in_shape, classes, source)
+        model = load(path, builder=builder)
+        label = str(path)
+        record = {k: meta[k] for k in ("lowbit.source", "lowbit.input_shape", "lowbit.num_classes") if k in meta}
+        if builder:
+            record["lowbit.source"] = builder
+    else:
+        assert spec is not None
+        if build_seed is not None:  # after the dataset is read: the same seed gives the same initial weights
+            from ..train import seed_everything
+
+            seed_everything(build_seed)
+        if spec in model_names():
+            if in_shape is None:
+                raise ValueError(f"--model {spec} needs --input-shape (or --data) to be built")
+            model = build_model(spec, in_shape, classes if classes is not None else 10)
+        else:
+            model = build_user_model(spec, input_shape=in_shape, num_classes=classes)
+            record["lowbit.source"] = spec
+        if weights:
+            state = load_state_dict_file(weights)
+            try:
+                res = model.load_state_dict(state, strict=False)
+            except RuntimeError as e:
+                raise ValueError(f"--weights {weights} does not fit --model {spec}: {_first_line(e).rstrip(':')} "
+                                 f"{' '.join(str(e).split())[:300]}") from None
+            if res.missing_keys or res.unexpected_keys:
+                raise ValueError(f"--weights {weights} does not fit --model {spec}: missing {res.missing_keys[:5]}, "
+                                 f"unexpected {res.unexpected_keys[:5]}")
+        label = spec
+    if in_shape is not None:
+        record["lowbit.input_shape"] = ",".join(map(str, in_shape))
+        probe = ds.test.tensors[0][:2] if ds is not None else torch.zeros((2, *in_shape))
+        check_takes(model, probe, classes, f"{'the model in ' + named if path else '--model ' + str(spec)}", source)
+    if classes is not None:
+        record["lowbit.num_classes"] = str(classes)
+    check_finite(model, str(path or spec))
+    return ModelSource(model, meta, label, ds, in_shape, record)

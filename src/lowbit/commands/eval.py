@@ -6,14 +6,14 @@ import argparse
 from ..api import quantized_layers
 from ..data import loader
 from ..train import evaluate
-from ._common import add_common, data_packages, load_model, setup
+from ._common import add_common, add_model_source, data_packages, model_source, setup
 
 HELP = "evaluate a saved model (float, QAT or integer) on a dataset's test split"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit eval``."""
-    p.add_argument("checkpoint", help="a model saved by lowbit (train, quantize, demo)")
+    add_model_source(p, positional_help="a model saved by lowbit (train, quantize, demo)")
     add_common(p, data_from_checkpoint=True)
 
 
@@ -25,9 +25,10 @@ def requires(args: argparse.Namespace) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     """Print the test accuracy and the model's quantized layers."""
     setup(args)
-    model, meta, ds = load_model(args.checkpoint, args.data)
+    src = model_source(args)
+    model, meta, ds = src.model, src.meta, src.dataset
     acc = evaluate(model, loader(ds.test, 256))
     layers = quantized_layers(model)
-    print(f"{args.checkpoint}: stage {meta.get('lowbit.stage')}, config {meta.get('lowbit.config') or '-'}, "
+    print(f"{src.label}: stage {meta.get('lowbit.stage', 'float')}, config {meta.get('lowbit.config') or '-'}, "
           f"{len(layers)} quantized layers; test accuracy on {ds.name}: {acc:.2f} %")
     return 0

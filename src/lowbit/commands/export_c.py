@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_data, add_progress, add_seed, add_threads, data_packages, load_model, setup
+from ._common import add_data, add_model_source, add_progress, add_seed, add_threads, data_packages, model_source, setup
 
-HELP = "export a saved quantized model as integer-only C (header + one source file) with a memory report"
+HELP = "export a quantized model as integer-only C (header + one source file) with a memory report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit export-c``."""
-    p.add_argument("model", help="a quantized model written by lowbit.save (lowbit quantize / train --qat)")
+    add_model_source(p, positional_help="a quantized model written by lowbit.save (lowbit quantize / train --qat)")
     p.add_argument("--out", required=True, help="output folder for <name>.h and <name>.c (created; files replaced)")
     add_data(p, from_checkpoint=True)
     p.add_argument("--calib-samples", type=int, default=512, help="training inputs used to calibrate activation ranges (default: 512)")
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                 parse_bytes(getattr(args, opt))  # a malformed budget fails before any work
             except ValueError as e:
                 raise ValueError(f"--{opt}: {e}") from None
-    model, _, ds = load_model(args.model, args.data)
+    src = model_source(args)
+    model, ds = src.model, src.dataset
     x_train = ds.train.tensors[0][: args.calib_samples]
     program = lower(model, x_train, shift=args.shift, ternary=args.ternary)
     report = memory_report(program)

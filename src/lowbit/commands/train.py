@@ -1,4 +1,7 @@
-"""``lowbit train``: train a reference model (float, or QAT with ``--qat CONFIG``) and save it.
+"""``lowbit train``: train a model (float, or QAT with ``--qat CONFIG``) and save it.
+
+The model is a reference model by name, a user's (``--model file.py:build_fn`` with optional
+``--weights``, or a ``.pt2`` program), or a saved lowbit file (``--init``).
 
 Nothing is written until training ends: the checkpoint appears at ``--out`` (atomically) only
 when it is complete, so an interrupted run leaves nothing there; rerun the command to start again.
@@ -11,19 +14,17 @@ from pathlib import Path
 
 from ..api import prepare_qat, save
 from ..config import QuantConfig
-from ..data import get_dataset, loader
-from ..models import build_model, model_names
-from ..train import evaluate, fit, seed_everything
-from ._common import add_common, add_out, check_finite, check_fits, data_packages, model_arch, setup
+from ..data import loader
+from ..train import evaluate, fit
+from ._common import add_common, add_model_source, add_out, data_packages, model_arch, model_source, setup
 
-HELP = "train a reference model (float, or quantization-aware with --qat) and save a checkpoint"
+HELP = "train a model (float, or quantization-aware with --qat) and save a checkpoint"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit train``."""
     add_common(p)
-    p.add_argument("--model", default=None, choices=model_names(),
-                   help="reference model (default: vgg, or the --init file's model)")
+    add_model_source(p, positional=None, model_help="the model (default: vgg, or the --init file's model): ")
     p.add_argument("--init", default=None, metavar="FILE", help="start from this float checkpoint (for QAT)")
     p.add_argument("--qat", default=None, metavar="CONFIG", help="quantization-aware training with this config, e.g. 'w4:lsq.mse'")
     p.add_argument("--epochs", type=int, default=15, help="epochs (default: 15)")
@@ -41,22 +42,12 @@ def requires(args: argparse.Namespace) -> tuple[str, ...]:
     return data_packages(args.data)
 
 
-def _initial_model(args: argparse.Namespace, ds: object) -> tuple[object, str]:
-    """The model to train and its name: built by name, or loaded from ``--init`` (checked against --data)."""
-    if not args.init:
-        name = args.model or "vgg"
-        return build_model(name, ds.input_shape, ds.num_classes), name  # type: ignore[attr-defined]
-    from ..api import load, read_metadata
-
-    meta = read_metadata(args.init)
-    arch = model_arch(meta) or {}
-    name = str(arch.get("name", "model"))
-    if args.model and arch and args.model != name:
-        raise ValueError(f"--init {args.init} holds a {name!r} model but --model says {args.model!r}; drop --model")
-    check_fits(args.init, meta, ds.input_shape, ds.num_classes, f"--data {args.data}")  # type: ignore[attr-defined]
-    model = load(args.init)
-    check_finite(model, args.init)
-    return model, name
+def _initial_model(args: argparse.Namespace) -> tuple[object, str, object, dict[str, str]]:
+    """The model to train, its name, the dataset and the metadata to save: built (--model) or loaded (--init)."""
+    src = model_source(args, file_attr="init", file_flag="--init", default_model="vgg", build_seed=args.seed)
+    arch = model_arch(src.meta) if args.init else None
+    name = str((arch or {}).get("name") or (src.label if not args.init else args.model or "model"))
+    return src.model, name, src.dataset, src.record
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
     if args.qat:
         QuantConfig.parse(args.qat)  # a typo fails before the data is read
-    ds = get_dataset(args.data)
-    seed_everything(args.seed)
-    model, name = _initial_model(args, ds)
+    model, name, ds, record = _initial_model(args)
     if args.qat:
         model = prepare_qat(model, args.qat)
     lr = args.lr if args.lr is not None else (3e-4 if args.qat else 3e-3)
@@ -90,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         hist = fit(model, train, epochs=args.epochs, lr=lr, test=test, pact_lambda=pact_lambda, desc=desc)
     acc = evaluate(model, test)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save(model, args.out, metadata={"lowbit.data": args.data, "lowbit.accuracy": f"{acc:.4f}", "lowbit.seed": str(args.seed)})
+    save(model, args.out, metadata={**record, "lowbit.data": args.data, "lowbit.accuracy": f"{acc:.4f}", "lowbit.seed": str(args.seed)})
     print(f"{'QAT ' + args.qat if args.qat else 'float'} {name} on {ds.name}: test accuracy {acc:.2f} % "
           f"({hist.time_per_step * 1e3:.1f} ms/step) -> {args.out}")
     return 0

@@ -15,6 +15,7 @@ signature names (and that are known), else with none. Only the caller names a bu
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -27,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["build_user_model", "load_builder", "is_builder_spec", "lift_exported", "load_state_dict_file"]
+__all__ = ["ExportedModel", "build_user_model", "load_builder", "is_builder_spec", "lift_exported", "load_state_dict_file"]
 
 
 def is_builder_spec(spec: object) -> bool:
@@ -108,6 +109,17 @@ def build_user_model(builder: "str | Callable[..., nn.Module]", *, input_shape: 
     return _call(load_builder(builder), builder, input_shape, num_classes)
 
 
+class ExportedModel(torch.fx.GraphModule):
+    """A lifted ``torch.export`` program that keeps lowbit's record (``lowbit_*`` attributes) through ``copy.deepcopy``."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "ExportedModel":
+        res = super().__deepcopy__(memo)
+        for k, v in self.__dict__.items():
+            if k.startswith("lowbit_"):  # GraphModule's own deepcopy keeps only what the graph uses
+                object.__setattr__(res, k, copy.deepcopy(v, memo))
+        return res
+
+
 _LIFTED = {
     torch.ops.aten.linear.default: nn.Linear,
     torch.ops.aten.conv1d.default: nn.Conv1d,
@@ -176,7 +188,7 @@ def lift_exported(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             graph.erase_node(node)
     graph.lint()
     # a fresh GraphModule: the unlifted module also checks input shapes in a forward pre-hook
-    return torch.fx.GraphModule(gm, graph, class_name="ExportedModel")
+    return ExportedModel(gm, graph, class_name="ExportedModel")
 
 
 def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:

@@ -426,6 +426,14 @@ _BINARY: dict[Any, str] = {
     operator.sub: "Sub", torch.sub: "Sub", "sub": "Sub", operator.truediv: "Div", torch.div: "Div", "div": "Div",
 }
 _IDENTITY_METHODS = ("contiguous", "clone", "detach")
+_MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_FUNC_POOLS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "max_pool1d": (nn.MaxPool1d, _MAX_ARGS), "max_pool2d": (nn.MaxPool2d, _MAX_ARGS),
+    "avg_pool1d": (nn.AvgPool1d, _AVG_ARGS), "avg_pool2d": (nn.AvgPool2d, _AVG_ARGS),
+    "adaptive_avg_pool1d": (nn.AdaptiveAvgPool1d, ("output_size",)),
+    "adaptive_avg_pool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
+}
 _RESHAPES: tuple[Any, ...] = (torch.flatten, torch.reshape, "flatten", "view", "reshape")
 
 
@@ -496,13 +504,17 @@ def _convert_node(ctx: _Ctx, gm: torch.fx.GraphModule, node: torch.fx.Node, env:
         return _arg_name(ctx, env, node.args[0], base)
     if key in _RESHAPES:
         return _reshape(ctx, _arg_name(ctx, env, node.args[0], base), base, in_shape, out_shape)
+    if node.op == "call_function" and name in _FUNC_POOLS:  # F.max_pool2d(x, 2) etc.: the module's ONNX form
+        cls, names = _FUNC_POOLS[name]
+        kw = {**dict(zip(names, node.args[1:])), **node.kwargs}
+        return _pool(ctx, cls(**kw), _arg_name(ctx, env, node.args[0], base), base)
     if key in (torch.cat, "cat"):
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         return g.op("Concat", [_arg_name(ctx, env, t, base) for t in tensors], base, axis=int(dim))
     raise ValueError(
         f"node {base!r} ({node.op} {name}) has no ONNX form in lowbit's exporter; supported: Linear, Conv1d/2d, "
-        "BatchNorm, ReLU/Sigmoid/Tanh/LeakyReLU/ReLU6, pooling, Flatten/reshape, add/sub/mul/div, cat, "
+        "BatchNorm, ReLU/Sigmoid/Tanh/LeakyReLU/ReLU6, pooling (modules and F.*_pool*d), Flatten/reshape, add/sub/mul/div, cat, "
         "and lowbit's quantized layers, ActQuant and PACT"
     )
 
