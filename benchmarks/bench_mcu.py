@@ -3,6 +3,7 @@
 
     python benchmarks/bench_mcu.py                 # inner loops, -O2 and -Os, markdown table
     python benchmarks/bench_mcu.py --accuracy      # + float / fake-quant / integer accuracy table (trains ~1 min)
+    python benchmarks/bench_mcu.py --emulated      # + exact executed instructions per weight on rv32ec/rv32imc/Cortex-M4 (QEMU)
 
 Instructions per weight = (Ir(R2 reps) - Ir(R1 reps)) / ((R2 - R1) * N): start-up cancels out,
 and callgrind counts are the same on every run. The kernels are the ones the export emits
@@ -97,6 +98,99 @@ def instructions_per_weight(opt: str, cc: str = "cc") -> list[tuple[str, str, fl
     return rows
 
 
+_EMU_MAIN = r"""
+#include <stdint.h>
+%(MACROS)s
+%(KERNEL)s
+static uint8_t x[%(N)d + 1], w[%(N)d + 1];
+static int8_t table[256 * 32];
+volatile int32_t lb_sink;
+int main(void) {
+    int32_t (*volatile fn)(const uint8_t *, const uint8_t *, int32_t, const int8_t *) = k;
+    uint32_t s = 12345u;
+    int i;
+    for (i = 0; i < %(N)d; ++i) {  /* xorshift: no multiply, so nothing outside the kernel calls __mulsi3 */
+        s ^= s << 13; s ^= s >> 17; s ^= s << 5; x[i] = (uint8_t)((s >> 8) %% (%(AMAX)d + 1));
+        s ^= s << 13; s ^= s >> 17; s ^= s << 5; w[i] = (uint8_t)(s >> 8) %(WMASK)s;
+    }
+    for (i = 0; i < 256 * 32; ++i) table[i] = (int8_t)(i %% 17 - 8);
+    lb_sink = fn(x, w, %(N)d, table);
+    return 0;
+}
+"""
+
+# ISA -> (compiler, flags, QEMU command); rv32ec is a CH32V003-class core: RV32E, no multiplier
+EMU_ISAS = {
+    "rv32ec": ("riscv64-unknown-elf-gcc", ["-march=rv32ec", "-mabi=ilp32e"],
+               ["qemu-system-riscv32", "-cpu", "rv32,i=false,e=true,m=false,a=false,f=false,d=false,h=false", "-M", "virt", "-bios", "none"]),
+    "rv32imc": ("riscv64-unknown-elf-gcc", ["-march=rv32imc", "-mabi=ilp32"], ["qemu-system-riscv32", "-M", "virt", "-bios", "none"]),
+    "cortex-m4": ("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"], ["qemu-system-arm", "-M", "mps2-an386"]),
+}
+EMU_N = 1024  # weights in the counted call; a second build with 0 weights gives the call's fixed cost
+
+
+def _functions(nm: str, elf: Path) -> dict[str, tuple[int, int]]:
+    out = subprocess.run([nm, "-S", str(elf)], capture_output=True, text=True, check=True).stdout
+    funcs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW":
+            funcs[parts[3]] = (int(parts[0], 16) & ~1, int(parts[1], 16))
+    return funcs
+
+
+def _count_call(isa: str, src: str, d: Path, n: int) -> int:
+    """Instructions executed from the kernel's entry until it returns (helpers it calls, e.g. __mulsi3, included)."""
+    cc, flags, qemu = EMU_ISAS[isa]
+    c, elf, log = d / f"b{n}.c", d / f"b{n}.elf", d / f"b{n}.log"
+    c.write_text(src.replace("%(N)d", str(n)))
+    ram = "0x20000000" if "arm" in cc else "0x80400000"
+    flash = "0x0" if "arm" in cc else "0x80000000"
+    subprocess.run([cc, *flags, "-O2", "--specs=picolibc.specs", "--oslib=semihost", "--crt0=semihost",
+                    f"-Wl,--defsym=__flash={flash}", "-Wl,--defsym=__flash_size=0x400000", f"-Wl,--defsym=__ram={ram}",
+                    "-Wl,--defsym=__ram_size=0x400000", "-o", str(elf), str(c)], check=True)
+    funcs = _functions(cc.replace("gcc", "nm"), elf)
+    kstart, ksize = funcs["k"]
+    inside = [(a, a + sz) for name, (a, sz) in funcs.items() if name == "k" or name.startswith("__")]
+    # one instruction a translation block (-singlestep), every block logged (nochain): the exact executed stream
+    subprocess.run([*qemu, "-nographic", "-semihosting-config", "enable=on,target=native", "-singlestep", "-d", "exec,nochain",
+                    "-D", str(log), "-kernel", str(elf)], check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+    count, started = 0, False
+    with open(log) as fh:
+        for line in fh:
+            m = re.search(r"\[[0-9a-f]+/([0-9a-f]+)/", line)
+            if not m:
+                continue
+            pc = int(m.group(1), 16)
+            if not started:
+                started = pc == kstart
+            if started:
+                if any(lo <= pc < hi for lo, hi in inside):
+                    count += 1
+                else:
+                    break
+    log.unlink()
+    if not started:
+        raise RuntimeError(f"{isa}: the kernel never ran")
+    return count
+
+
+def emulated_instructions_per_weight(isa: str) -> list[tuple[str, str, float]]:
+    """(label, weight type, executed instructions per weight) of each kernel on ``isa`` in QEMU, exact counts."""
+    rows = []
+    macros = _macros()
+    with tempfile.TemporaryDirectory() as d:
+        for label, wtype, inst, amax in KERNELS:
+            wmask = "& 0x0Fu" if "PT4" in inst else ("% 17u" if "PT8" in inst else "")
+            src = _EMU_MAIN
+            for key, val in (("MACROS", macros), ("KERNEL", inst), ("AMAX", str(amax)), ("WMASK", wmask)):
+                src = src.replace(f"%({key})s", val).replace(f"%({key})d", val)
+            src = src.replace("%%", "%")
+            full, empty = _count_call(isa, src, Path(d), EMU_N), _count_call(isa, src, Path(d), 0)
+            rows.append((label, wtype, (full - empty) / EMU_N))
+    return rows
+
+
 def accuracy_table(seed: int = 0) -> str:
     """Float / fake-quant / integer test accuracy per weight type on digits (MLP), C checked against the reference."""
     import copy
@@ -155,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--accuracy", action="store_true", help="also train a float MLP and print the accuracy table")
     p.add_argument("--cc", default="cc")
+    p.add_argument("--emulated", action="store_true",
+                   help="also count executed instructions per weight on rv32ec, rv32imc and Cortex-M4 in QEMU (-singlestep -d exec; ~3 min)")
     args = p.parse_args(argv)
     t = time.time()
     o2 = instructions_per_weight("-O2", args.cc)
@@ -166,6 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     for (label, wtype, a), (_, _, b) in zip(o2, os_):
         print(f"| {label} | {wtype} | {a:.2f} | {b:.2f} |")
     print(f"\n(BitNetMCU on RV32: 8 instr/weight for the mul-based 4-bit loop, 17 for the shift-add one; {time.time() - t:.0f} s)")
+    if args.emulated:
+        print("\nExecuted instructions per weight in QEMU 7.2 (-singlestep -d exec,nochain: every instruction from the kernel's entry "
+              f"to its return, helpers such as __mulsi3 included), {EMU_N} weights minus a 0-weight call, gcc 12 -O2, picolibc\n")
+        tables = {isa: emulated_instructions_per_weight(isa) for isa in EMU_ISAS}
+        head = " | ".join(f"{isa} ({' '.join(EMU_ISAS[isa][1])})" for isa in EMU_ISAS)
+        print(f"| kernel | storage | {head} |")
+        print("|---|---|" + "---|" * len(EMU_ISAS))
+        for i, (label, wtype, _) in enumerate(KERNELS):
+            print(f"| {label} | {wtype} | " + " | ".join(f"{tables[isa][i][2]:.2f}" for isa in EMU_ISAS) + " |")
+        print("\n(aims: <= 6 for 4-bit on rv32imc, <= 12 on rv32ec, <= 5 for binary/ternary)")
     if args.accuracy:
         print()
         print(accuracy_table())
