@@ -223,3 +223,16 @@ def test_convert_names_an_edge_quantizer_without_a_range():
     q = lowbit.prepare_qat(m, "w4,a8")  # no calibration, no training
     with pytest.raises(ValueError, match=r"lowbit_acts|layer"):
         lowbit.convert(q)
+
+
+def test_an_untraceable_model_keeps_layer_input_quantizers_and_says_so(tmp_path):
+    x = torch.randn(2, 3, 6, 6)
+    m = _seen(Untraceable(), x)
+    with pytest.warns(UserWarning, match="could not be traced by torch.fx"):
+        q = lowbit.quantize(m, "w4,a8", calib=[x])
+    assert type(q) is Untraceable and q.conv.input_quant is not None
+    lowbit.save(q, tmp_path / "u.lowbit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # load rebuilds quietly
+        back = lowbit.load(tmp_path / "u.lowbit", model=_seen(Untraceable(), x))
+    assert torch.equal(back(x), q(x))

@@ -9,16 +9,20 @@
 
 Every verb copies the model unless ``inplace=True`` (as ``torch.ao``).
 
-BatchNorm: folded (inference statistics) into the conv/linear before it, inside
-``nn.Sequential`` containers, *before* quantization (``QuantConfig.fold_bn``,
-default on): the integers trained, converted and saved are the deployed ones.
+BatchNorm: folded (inference statistics) into the conv/linear that alone feeds it
+in the traced graph (``lowbit.nn.fold``: residual blocks, branches, ``ModuleDict``;
+``nn.Sequential`` pairs where the model cannot be traced), *before* quantization
+(``QuantConfig.fold_bn``, default on): the integers trained, converted and saved
+are the deployed ones.
 ``fold_bn=false`` keeps BN float (DoReFa weights need it to absorb their scale).
 
 Limits of ``load``: reference models (``lowbit.models``) rebuild from the stored
 architecture; any other model needs ``model=`` (a float instance of the same
 architecture); custom handlers must be registered before loading. Activation
 quantizers sit on the inputs of quantized layers, PACT replaces ``nn.ReLU``
-modules: a functional ``F.relu`` is not seen.
+modules; where ``forward`` has functional ops (``F.relu``, ``+``, ``torch.cat``)
+the graph path (``lowbit.graph``) returns an ``fx.GraphModule`` with one quantizer
+per tensor on the graph's edges, and ``load`` re-traces ``model=`` to rebuild it.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import QuantConfig, as_config
-from .graph import freeze_edges, quantize_edges
+from .graph import freeze_edges, quantize_edges, rebuild_edges
 from .info import STAGES, LowbitInfo, info_of, set_info
 from .model_handlers import model_handler_for
 from .nn.act import PACT, ActQuant
@@ -428,7 +432,7 @@ def load(
             except ValueError as e:
                 raise ValueError(f"{path}: layer {lname!r}: {e}; is it the same architecture?") from None
     if saved.config:  # the graph path re-traces the float model and inserts the same edge quantizers
-        model = quantize_edges(model, as_config(saved.config), {n: dict(d) for n, d in saved.layers.items()})
+        model = rebuild_edges(model, saved.config, saved.layers)
     state = {k: v for k, v in tensors.items() if not k.endswith(":q") and isinstance(v, Tensor)}
     for k, v in tensors.items():
         if isinstance(v, QTensor) and not k.endswith(":q"):

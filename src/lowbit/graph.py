@@ -35,13 +35,13 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .config import QuantConfig
+from .config import QuantConfig, as_config
 from .info import info_of, set_info
 from .nn.act import PACT, ActQuant
 from .nn.handlers import act_quantizer, is_pact_spec
 from .nn.layers import QuantLayer
 
-__all__ = ["trace", "quantize_edges", "edge_quantizers", "freeze_edges", "EDGE_FUNCTIONS", "EDGE_METHODS", "EDGES"]
+__all__ = ["trace", "quantize_edges", "rebuild_edges", "edge_quantizers", "freeze_edges", "EDGE_FUNCTIONS", "EDGE_METHODS", "EDGES"]
 
 EDGES = "lowbit_acts"  # the submodule that holds the edge quantizers
 
@@ -179,16 +179,19 @@ def edge_quantizers(model: nn.Module) -> dict[str, ActQuant]:
     return {n[len(p):]: m for n, m in model.named_modules() if n.startswith(p) and isinstance(m, ActQuant)}
 
 
-def quantize_edges(model: nn.Module, cfg: QuantConfig, layers: dict[str, dict[str, Any]]) -> nn.Module:
+def quantize_edges(model: nn.Module, cfg: QuantConfig, layers: dict[str, dict[str, Any]], *, quiet: bool = False) -> nn.Module:
     """The graph path: a GraphModule with edge quantizers where the config asks (functional ops), else ``model`` itself.
 
     ``layers`` (the description from module swapping) gets ``input_edge`` for the layers
-    whose input quantizer moved onto a shared edge.
+    whose input quantizer moved onto a shared edge. ``quiet``: no warning when the model
+    cannot be traced (``load`` rebuilding a module-path model).
     """
     if not any(s is not None and not is_pact_spec(s) for s in cfg.acts.values()):
         return model
     gm = trace(model)
     if gm is None:
+        if quiet:
+            return model
         warnings.warn(
             f"{type(model).__name__} could not be traced by torch.fx: activation quantizers sit on the inputs of "
             "quantized layers only, functional ops in forward (F.relu, +, torch.cat) are not seen",
@@ -230,6 +233,15 @@ def quantize_edges(model: nn.Module, cfg: QuantConfig, layers: dict[str, dict[st
     gm.recompile()
     set_info(gm, info_of(model))
     return gm
+
+
+def rebuild_edges(model: nn.Module, config: str, layers: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """What ``load`` does: the same edge quantizers as ``quantize_edges`` made from this config string (if it is a QuantConfig)."""
+    try:
+        cfg = as_config(config)
+    except (ValueError, TypeError):  # records of weight sharing and other algorithms are not QuantConfigs
+        return model
+    return quantize_edges(model, cfg, {n: dict(d) for n, d in layers.items()}, quiet=True)
 
 
 def freeze_edges(model: nn.Module) -> None:

@@ -504,7 +504,16 @@ def lower(
     if ternary not in ("base3", "2bit"):
         raise ValueError(f"ternary must be 'base3' or '2bit', got {ternary!r}")
     model = prepare(model)
-    seq = _parse(model)
+    try:
+        seq = _parse(model)
+    except ValueError as e:
+        if "'lowbit_acts." not in str(e):
+            raise
+        # the graph path's edge quantizers (lowbit.graph): every layer before them was supported
+        raise ValueError(
+            "the model's forward is not the plain sequence of its layers (skip connections, functional ops: its "
+            "activation quantizers sit on graph edges); the MCU target takes sequential models"
+        ) from None
     if calib is None:
         x = _structure_inputs(model, seq)
     else:
