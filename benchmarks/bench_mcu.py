@@ -63,7 +63,7 @@ int main(int argc, char **argv) {
 def _macros() -> str:
     text = resources.files("lowbit.targets.mcu").joinpath("templates", "lowbit_model.c.in").read_text()
     start = text.index("/* ---- inner loops")
-    end = text.index("${KERNELS}")
+    end = text.index("${KERNELS}")  # includes the no-multiplier variants (chosen by the compiler macros)
     return text[start:end]
 
 
@@ -140,7 +140,7 @@ def _functions(nm: str, elf: Path) -> dict[str, tuple[int, int]]:
 
 
 def _count_call(isa: str, src: str, d: Path, n: int) -> int:
-    """Instructions executed from the kernel's entry until it returns (helpers it calls, e.g. __mulsi3, included)."""
+    """Instructions executed from the kernel's entry until it returns (helpers it calls, __mulsi3 or memset, included)."""
     cc, flags, qemu = EMU_ISAS[isa]
     c, elf, log = d / f"b{n}.c", d / f"b{n}.elf", d / f"b{n}.log"
     c.write_text(src.replace("%(N)d", str(n)))
@@ -151,7 +151,7 @@ def _count_call(isa: str, src: str, d: Path, n: int) -> int:
                     "-Wl,--defsym=__ram_size=0x400000", "-o", str(elf), str(c)], check=True)
     funcs = _functions(cc.replace("gcc", "nm"), elf)
     kstart, ksize = funcs["k"]
-    inside = [(a, a + sz) for name, (a, sz) in funcs.items() if name == "k" or name.startswith("__")]
+    inside = [(a, a + sz) for name, (a, sz) in funcs.items() if name in ("k", "memset") or name.startswith("__")]
     # one instruction a translation block (-singlestep), every block logged (nochain): the exact executed stream
     subprocess.run([*qemu, "-nographic", "-semihosting-config", "enable=on,target=native", "-singlestep", "-d", "exec,nochain",
                     "-D", str(log), "-kernel", str(elf)], check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
