@@ -9,7 +9,9 @@
   learned), StateQuantizer and state_quantizer, each x every quantizer check;
 - hypothesis varies the data for every format and for one case of every quantizer class.
 
-What fails today is ``xfail(strict=True)`` with the measured reason (see XFAIL_* below).
+Bad input is handled on purpose: ``encode`` refuses NaN (``quantize``, the hot path, does not check);
+an empty x raises ValueError wherever a scale would be fitted to it or codes written, and gives an
+empty output from a frozen scale.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lowbit.formats import STATE_KINDS, Codebook, Uniform, format_examples, format_from_spec, state_levels
+from lowbit.formats import STATE_KINDS, format_examples, format_from_spec, state_levels
 from lowbit.nn import PACT, ActQuant
-from lowbit.quantizers import DoReFaQuantizer, LSQQuantizer, StateQuantizer, build_quantizer, parse_spec, state_quantizer
+from lowbit.quantizers import StateQuantizer, build_quantizer, parse_spec, state_quantizer
 from lowbit.testing import format_checks, quantizer_checks, range_checks, range_examples
 
 FORMATS = format_examples()
@@ -31,10 +33,6 @@ FORMAT_CHECKS = [name for name, _ in format_checks(format_from_spec("int4"))]
 RANGE_CHECKS = [name for name, _ in range_checks("int4")]
 QUANTIZER_CHECKS = [name for name, _ in quantizer_checks(build_quantizer("int4"))]
 
-XFAIL_NAN_UNIFORM = "measured: Uniform.quantize(NaN) is NaN but encode(NaN) is code 0 (decodes to qmin)"
-XFAIL_NAN_TABLE = "measured: Codebook.quantize(NaN) reads look-up table row 0 (the lowest level) but encode(NaN) bucketizes to the top code"
-XFAIL_EMPTY_LSQ = "measured: a calibrated per-slice LSQQuantizer raises ZeroDivisionError (not ValueError) on an empty x"
-XFAIL_EMPTY_DOREFA = "measured: a per-tensor or per-channel DoReFaQuantizer raises RuntimeError/IndexError (not ValueError) on an empty x"
 
 
 def _data(seed: int = 0, scale: float = 0.5) -> torch.Tensor:
@@ -44,25 +42,8 @@ def _data(seed: int = 0, scale: float = 0.5) -> torch.Tensor:
 # --------------------------------------------------------------------------- formats
 
 
-def _format_xfail(token: str, check: str) -> str | None:
-    if check != "nan":
-        return None
-    fmt = format_from_spec(token)
-    if isinstance(fmt, Uniform):
-        return XFAIL_NAN_UNIFORM
-    if isinstance(fmt, Codebook) and fmt.table() is not None:
-        return XFAIL_NAN_TABLE
-    return None
-
-
 def _format_params() -> list:
-    out = []
-    for token in FORMATS:
-        for check in FORMAT_CHECKS:
-            why = _format_xfail(token, check)
-            marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
-            out.append(pytest.param(token, check, id=f"{token}-{check}", marks=marks))
-    return out
+    return [pytest.param(token, check, id=f"{token}-{check}") for token in FORMATS for check in FORMAT_CHECKS]
 
 
 def _run(checks, name: str, x) -> None:  # type: ignore[no-untyped-def]
@@ -79,7 +60,7 @@ def test_format(token, check):
 @given(data=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=200))
 def test_format_on_random_values(token, data):
     for name, check in format_checks(format_from_spec(token)):
-        if name != "nan":  # the NaN check takes no data (and is xfailed above where it fails)
+        if name != "nan":  # the NaN check takes no data
             check(torch.tensor(data))
 
 
@@ -153,24 +134,8 @@ def _quantizer_cases() -> dict[str, nn.Module]:
 QUANTIZERS = _quantizer_cases()
 
 
-def _quantizer_xfail(q: nn.Module, check: str) -> str | None:
-    if check != "bad_input":
-        return None
-    if isinstance(q, LSQQuantizer) and q.granularity.kind != "tensor":
-        return XFAIL_EMPTY_LSQ
-    if isinstance(q, DoReFaQuantizer) and q.granularity.kind != "group":
-        return XFAIL_EMPTY_DOREFA
-    return None
-
-
 def _quantizer_params() -> list:
-    out = []
-    for case, q in QUANTIZERS.items():
-        for check in QUANTIZER_CHECKS:
-            why = _quantizer_xfail(q, check)
-            marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
-            out.append(pytest.param(case, check, id=f"{case}-{check}", marks=marks))
-    return out
+    return [pytest.param(case, check, id=f"{case}-{check}") for case in QUANTIZERS for check in QUANTIZER_CHECKS]
 
 
 @pytest.mark.parametrize("case, check", _quantizer_params())
@@ -196,9 +161,8 @@ HYPO_CASES = sorted({type(q).__name__ + ("-learned" if isinstance(q, ActQuant) a
 @given(scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
 def test_quantizer_on_random_data(case, scale, seed):
     q = QUANTIZERS[case]
-    for name, check in quantizer_checks(q):
-        if _quantizer_xfail(q, name) is None:
-            check(_data(seed, scale))
+    for _, check in quantizer_checks(q):
+        check(_data(seed, scale))
 
 
 def test_suite_catches_a_broken_quantizer():

@@ -23,6 +23,13 @@ def _code_dtype(bits: int) -> torch.dtype:
     return torch.uint8 if bits <= 8 else torch.int32
 
 
+def _refuse_nan(x: Tensor) -> None:
+    # A code stands for a level, and no level stands for NaN: encode refuses it (one reduction;
+    # encode is not the training hot path, and quantize, which is, passes NaN on unchecked).
+    if x.is_floating_point() and x.numel() and bool(torch.isnan(x).any()):
+        raise ValueError("x contains NaN: a code cannot stand for NaN (quantize passes NaN on; encode refuses it)")
+
+
 def _round_stochastic(x: Tensor, generator: torch.Generator | None) -> Tensor:
     # floor(x + u), u ~ U[0, 1): rounds up with probability frac(x), unbiased.
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -58,7 +65,10 @@ class Format:
         return float(self.levels[-1])
 
     def encode(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
-        """Map normalised values to integer codes in [0, len(levels)) (uint8 up to 8 bits, else int32)."""
+        """Map normalised values to integer codes in [0, len(levels)) (uint8 up to 8 bits, else int32).
+
+        NaN raises ``ValueError`` (no code stands for it); +-Inf take the extreme codes.
+        """
         raise NotImplementedError
 
     def decode(self, codes: Tensor) -> Tensor:
@@ -66,7 +76,11 @@ class Format:
         raise NotImplementedError
 
     def quantize(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
-        """Round normalised values onto the level set: ``decode(encode(x))``."""
+        """Round normalised values onto the level set: ``decode(encode(x))`` for every non-NaN ``x``.
+
+        The hot path: NaN is not checked here (``Uniform`` passes it on as NaN, a codebook
+        rounds it to one of its levels); :meth:`encode` refuses it.
+        """
         return self.decode(self.encode(x, rounding, generator)).to(x.dtype)
 
     def quantize_(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import _MAX_BITS, Format, _code_dtype
+from .base import _MAX_BITS, Format, _code_dtype, _refuse_nan
 from .lut import Table, build_table, table_round
 
 __all__ = ["Codebook"]
@@ -65,6 +65,11 @@ class Codebook(Format):
         return self._bits
 
     def encode(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        _refuse_nan(x)  # bucketize would send NaN to the top code, the table to the bottom one
+        return self._encode(x, rounding, generator)
+
+    def _encode(self, x: Tensor, rounding: str, generator: torch.Generator | None) -> Tensor:
+        # encode without the NaN check: quantize's stochastic path (the training hot path) uses it
         mid = self._mid.to(device=x.device, dtype=x.dtype)
         if rounding == "nearest":
             # right=False: x == mid[i] gives index i, the lower level.
@@ -97,7 +102,7 @@ class Codebook(Format):
 
     def quantize(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
         if rounding != "nearest":
-            return super().quantize(x, rounding, generator)
+            return self.decode(self._encode(x, rounding, generator)).to(x.dtype)
         if x.dtype == torch.float32 and x.device.type == "cpu":
             table = self.table()
             if table is not None:

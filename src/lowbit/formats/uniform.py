@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Format, _check_bits, _code_dtype, _round_stochastic
+from .base import Format, _check_bits, _code_dtype, _refuse_nan, _round_stochastic
 
 __all__ = ["Uniform"]
 
@@ -64,9 +64,11 @@ class Uniform(Format):
         return torch.round(x) if rounding == "nearest" else self.quantize(x, rounding, generator)
 
     def encode(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        _refuse_nan(x)  # quantize passes NaN on; a NaN cast to an integer code would be garbage
         return self._codes(self.quantize(x, rounding, generator))
 
     def encode_(self, x: Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> Tensor:
+        _refuse_nan(x)
         return self._codes(self.quantize_(x, rounding, generator))
 
     def _codes(self, q: Tensor) -> Tensor:

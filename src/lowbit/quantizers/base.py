@@ -7,6 +7,12 @@ The scale is *dynamic* (fitted to each input) until the quantizer is
 calibrated: ``q.observe(x)`` on a few batches, then ``q.freeze()`` (or
 ``q.calibrate(batches)`` for both). ``q.fit(tensors)`` fits one scale shared
 by several tensors (a population: all weights into one layer of neurons).
+
+Bad input, on purpose: NaN/Inf and an empty ``x`` raise ``ValueError`` wherever a scale
+is fitted to ``x`` (dynamic scaling, ``observe``, ``fit``; DoReFa's per-slice maximum) and
+in ``encode`` (no code stands for NaN, and there is nothing to write); with a frozen
+scale the training-time ``forward`` (the hot path) checks neither: NaN passes on, Inf
+saturates and an empty ``x`` gives an empty output.
 """
 from __future__ import annotations
 

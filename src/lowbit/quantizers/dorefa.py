@@ -19,6 +19,8 @@ class DoReFaQuantizer(Quantizer):
     """
 
     def _normalise(self, x: Tensor) -> Tensor:
+        if x.numel() == 0:  # the normalisation is fitted to x (its max), and an empty x has none
+            raise ValueError("x is empty: there is nothing to quantize")
         rows = self.granularity.to_rows(x)
         if not torch.isfinite(rows.detach()).all():
             raise ValueError("x contains NaN or Inf values; clean the tensor before quantizing it")
@@ -39,8 +41,8 @@ class DoReFaQuantizer(Quantizer):
 
     def encode(self, x: Tensor) -> QTensor:
         """Codes ``j`` of the levels ``2j/(2^k-1) - 1`` with scale 1."""
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() == 0:
-            raise ValueError("x must be a non-empty floating-point tensor")
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__ if not isinstance(x, Tensor) else x.dtype}")
         t = self._normalise(x.detach().float())
         codes = self.fmt.encode(t, self.rounding, self.generator)
         return QTensor.from_codes(codes, self.compute_scale(x)[0], None, self.fmt, self.granularity, x.shape)

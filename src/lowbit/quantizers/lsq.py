@@ -43,7 +43,8 @@ class _Layout:
         ndim = 2 if self.rows else len(shape)
         self.view = (-1,) + (1,) * (ndim - 1)  # the steps' shape, to broadcast over the rows
         self.dims = tuple(range(1, ndim))  # the row sum for the steps' gradient
-        self.per = math.prod(shape) // self.n  # LSQ's N: values per step size
+        # LSQ's N: values per step size (an empty x needs no steps: steps() then names the mismatch)
+        self.per = math.prod(shape) // self.n if self.n else 0
         # A Uniform grid never changes; other formats may get new levels (LearnedCodebook.set_levels).
         self.fixed = isinstance(fmt, Uniform)
         self.lo, self.hi, self.g = self._limits()
