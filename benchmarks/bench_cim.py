@@ -22,7 +22,7 @@ import time
 import torch
 
 import lowbit
-from lowbit.codebooks import build_quantizer
+from lowbit.quantizers import build_quantizer
 from lowbit.models import build_model
 from lowbit.nn.act import PACT
 from lowbit.nn.layers import QuantLayer
