@@ -10,10 +10,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-portable bench clean
 
+# torch is pinned in the same command as the extras: otherwise norse (a test extra) pulls a newer CUDA torch
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q torch==2.13.0 -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,9 +16,36 @@ reproduces it exactly:
 NIR has no notion of state quantization, reset by subtraction, the readout over time or
 EventProp's sub-step spike timing: the graph metadata records them (``reset``, ``readout``,
 ``state_levels<k>``, ``spike_timing``).
+
+Read by real simulators (``tests/test_nir_clients.py``: snnTorch 1.0's ``import_from_nir`` and
+Norse 1.1's ``from_nir`` give the same spikes and readout potential as lowbit):
+
+- ``portable=True`` writes only what both readers map. Neither maps ``LI``/``CubaLI``: the readout
+  becomes a ``CubaLIF`` with threshold :data:`NEVER` (its potential is the readout's; read it from the
+  reader's state, e.g. snnTorch's ``readout.mem``, Norse's ``state.state["readout"][0][1].v``).
+  Norse ignores a ``LIF`` node's ``r``, so every LIF becomes a ``CubaLIF`` whose synapse forgets at
+  once (``tau_syn = dt``, ``w_in = 1``), whose ``r`` Norse applies. snnTorch's importer rewrites a
+  top-level ``LIF <-> Linear`` cycle into a subgraph whose input feeds the recurrent weights rather
+  than the neurons, so a recurrent layer is written as that subgraph itself, correctly wired.
+- Time constants: ``tau = dt / (1 - beta)`` with ``dt`` in NIR's time unit. lowbit's steps have no
+  unit, so ``to_nir(dt=...)`` chooses it; snnTorch's importer assumes ``dt = 1e-4`` (s) and reads
+  ``beta = 1 - 1e-4 / tau``, Norse takes ``from_nir(dt=...)``: export with the reader's ``dt``.
+- Reset: NIR's LIF resets to ``v_reset`` at the spike, which is lowbit's ``reset="zero"`` (lowbit
+  zeroes before the next step's decay, the same trajectory); both readers read that as written.
+  Reset by subtraction is metadata only: snnTorch's importer always builds reset-to-zero neurons,
+  so the reader swaps in ``Synaptic(reset_mechanism="subtract", reset_delay=True)`` for an ``SNN``
+  (lowbit subtracts ``thr`` after the next decay, snnTorch's default order) or ``reset_delay=False``
+  for an ``EventPropSNN`` (which subtracts at once). Norse's ``reset_subtract`` subtracts at once,
+  before the decay: right for EventProp; an ``SNN`` needs ``v - z * thr / beta``.
+- EventProp's sub-step spike timing (graded ``phi`` / ``1 - phi`` delivery) is not expressible: the
+  readers deliver whole spikes at the step, so they match the hidden spikes of a feed-forward
+  ``EventPropSNN`` and the readout those spikes drive, not its graded readout or recurrence.
+  EventProp also caps a residue above threshold (one spike per step); the readers do not, so the
+  two part where a membrane reaches twice the threshold in one step.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -29,7 +56,11 @@ from ..fileio import save_with
 from ..snn.base import SpikingNetwork
 from ..snn.eventprop import EventPropSNN
 
-__all__ = ["to_nir", "export_nir"]
+__all__ = ["to_nir", "export_nir", "NEVER"]
+
+# The threshold of a portable readout: never reached. Not +inf, because the readers' reset terms
+# multiply the threshold by a zero spike (0 * inf = NaN).
+NEVER = 1e30
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -40,8 +71,11 @@ def _tau(decay: float, dt: float) -> float:
     return dt / (1.0 - decay)
 
 
-def _lif_node(nir, n: int, beta: float, alpha: float | None, thr: float, dt: float):  # type: ignore[no-untyped-def]
+def _lif_node(nir, n: int, beta: float, alpha: float | None, thr: float, dt: float,  # type: ignore[no-untyped-def]
+              portable: bool = False):
     full = lambda v: np.full(n, v, dtype=np.float32)  # noqa: E731
+    if portable and beta < 1.0 and alpha is None:
+        alpha = 0.0  # a CubaLIF whose synapse forgets at once (tau_syn = dt, w_in = 1) is the plain LIF
     if beta >= 1.0:
         if alpha is not None:
             raise ValueError("a non-leaky neuron with a synaptic current has no NIR node; use beta < 1")
@@ -58,8 +92,12 @@ def _lif_node(nir, n: int, beta: float, alpha: float | None, thr: float, dt: flo
     return nir.LIF(tau=full(tau_mem), r=full(tau_mem / dt), v_leak=full(0.0), v_threshold=full(thr), v_reset=full(0.0))
 
 
-def _readout_node(nir, n: int, beta: float, alpha: float | None, dt: float):  # type: ignore[no-untyped-def]
+def _readout_node(nir, n: int, beta: float, alpha: float | None, dt: float,  # type: ignore[no-untyped-def]
+                  portable: bool = False):
     full = lambda v: np.full(n, v, dtype=np.float32)  # noqa: E731
+    if portable and beta < 1.0:
+        # neither snnTorch 1.0 nor Norse 1.1 maps LI/CubaLI: a CubaLIF that never fires is the same integrator
+        return _lif_node(nir, n, beta, alpha, NEVER, dt, portable=True)
     if beta >= 1.0:
         if alpha is not None:
             raise ValueError("a non-leaky readout with a synaptic current has no NIR node; use out_tau_mem < inf")
@@ -70,6 +108,18 @@ def _readout_node(nir, n: int, beta: float, alpha: float | None, dt: float):  # 
         return nir.CubaLI(tau_syn=full(tau_syn), tau_mem=full(tau), r=full(tau / dt), v_leak=full(0.0),
                           w_in=full(tau_syn / dt))
     return nir.LI(tau=full(tau), r=full(tau / dt), v_leak=full(0.0))
+
+
+def _recurrent_subgraph(nir, lif, rec, n: int):  # type: ignore[no-untyped-def]
+    """A recurrent layer as one NIR subgraph: input -> lif -> output, lif -> rec -> lif."""
+    # snnTorch 1.0's importer rewrites a top-level LIF <-> Linear cycle into a subgraph whose input
+    # feeds the recurrent weights instead of the neurons; handing it the subgraph avoids that rewrite.
+    size = np.array([n])
+    return nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": size}), "lif": lif, "rec": rec,
+               "output": nir.Output(output_type={"output": size})},
+        edges=[("input", "lif"), ("lif", "rec"), ("rec", "lif"), ("lif", "output")],
+    )
 
 
 def _dynamics(model: SpikingNetwork) -> dict[str, object]:
@@ -97,8 +147,17 @@ def _dynamics(model: SpikingNetwork) -> dict[str, object]:
     }
 
 
-def to_nir(model: SpikingNetwork):  # type: ignore[no-untyped-def]
-    """The NIR graph of ``model`` (an SNN or EventPropSNN), with the quantized weights it runs with."""
+def to_nir(model: SpikingNetwork, *, dt: float | None = None, portable: bool = False):  # type: ignore[no-untyped-def]
+    """The NIR graph of ``model`` (an SNN or EventPropSNN), with the quantized weights it runs with.
+
+    ``dt`` is the step, in NIR's time unit, that one of the model's steps stands for (default: the
+    model's own ``dt``); ``portable=True`` writes only nodes that snnTorch and Norse map (see the
+    module docstring).
+    """
+    if dt is not None and not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a positive number (NIR time per model step), got {dt!r}")
+    if not isinstance(portable, bool):
+        raise TypeError(f"portable must be True or False, got {type(portable).__name__}")
     try:
         import nir
     except ImportError:
@@ -125,16 +184,18 @@ def to_nir(model: SpikingNetwork):  # type: ignore[no-untyped-def]
         return nir.Linear(weight=_np(w[name]), metadata=meta)
 
     dyn = _dynamics(model)
-    dt = float(dyn["dt"])  # type: ignore[arg-type]
+    dt = float(dyn["dt"]) if dt is None else float(dt)  # type: ignore[arg-type]
     conns = model.connections()
     nodes: dict[str, object] = {"input": nir.Input(input_type={"input": np.array([model.sizes[0]])})}
     edges: list[tuple[str, str]] = []
     prev = "input"
     for k, (beta, alpha, thr, _) in enumerate(dyn["layers"]):  # type: ignore[arg-type]
         nodes[f"fc{k}"] = linear(f"fc{k}")
-        nodes[f"lif{k}"] = _lif_node(nir, model.sizes[k + 1], beta, alpha, thr, dt)
+        nodes[f"lif{k}"] = _lif_node(nir, model.sizes[k + 1], beta, alpha, thr, dt, portable)
         edges += [(prev, f"fc{k}"), (f"fc{k}", f"lif{k}")]
-        if f"rec{k}" in conns:
+        if f"rec{k}" in conns and portable:
+            nodes[f"lif{k}"] = _recurrent_subgraph(nir, nodes[f"lif{k}"], linear(f"rec{k}"), model.sizes[k + 1])
+        elif f"rec{k}" in conns:
             nodes[f"rec{k}"] = linear(f"rec{k}")
             edges += [(f"lif{k}", f"rec{k}"), (f"rec{k}", f"lif{k}")]
         prev = f"lif{k}"
@@ -142,9 +203,9 @@ def to_nir(model: SpikingNetwork):  # type: ignore[no-untyped-def]
     out_beta, out_alpha, out_thr = dyn["out"]  # type: ignore[misc]
     nodes["out"] = linear("out")
     if dyn["spiking_out"]:
-        nodes["readout"] = _lif_node(nir, n_out, out_beta, out_alpha, out_thr, dt)
+        nodes["readout"] = _lif_node(nir, n_out, out_beta, out_alpha, out_thr, dt, portable)
     else:
-        nodes["readout"] = _readout_node(nir, n_out, out_beta, out_alpha, dt)
+        nodes["readout"] = _readout_node(nir, n_out, out_beta, out_alpha, dt, portable)
     nodes["output"] = nir.Output(output_type={"output": np.array([n_out])})
     edges += [(prev, "out"), ("out", "readout"), ("readout", "output")]
     meta: dict[str, object] = {
@@ -156,6 +217,7 @@ def to_nir(model: SpikingNetwork):  # type: ignore[no-untyped-def]
         "spike_timing": dyn["spike_timing"],
         "readout": dyn["readout"],
         "weight_spec": wq.spec if wq is not None else "float32",
+        "portable": int(portable),
     }
     for k, layer in enumerate(dyn["layers"]):  # type: ignore[arg-type]
         if layer[3] is not None:
@@ -163,11 +225,12 @@ def to_nir(model: SpikingNetwork):  # type: ignore[no-untyped-def]
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
-def export_nir(model: SpikingNetwork, path: str | os.PathLike[str]) -> Path:
+def export_nir(model: SpikingNetwork, path: str | os.PathLike[str], *, dt: float | None = None,
+               portable: bool = False) -> Path:
     """Write ``model`` (an SNN or EventPropSNN) as a NIR (HDF5) file, atomically; returns the path."""
     import nir
 
-    graph = to_nir(model)
+    graph = to_nir(model, dt=dt, portable=portable)
     path = Path(path)
     save_with(path, lambda tmp: nir.write(str(tmp), graph))
     return path
