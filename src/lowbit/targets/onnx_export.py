@@ -450,6 +450,43 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+# what _module maps (a leaf module of any other type has no ONNX form)
+_MODULE_FORMS = (ActQuant, PACT, nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.LeakyReLU,
+                 nn.Hardtanh, nn.Flatten, nn.Softmax) + tuple(_SIMPLE_ACTS) + _PASS + _POOLS
+
+
+class _Refused(ValueError):
+    """A module the exporter cannot map, named while tracing (in forward order)."""
+
+
+class _ScanTracer(_Tracer):
+    """The exporter's tracer, stopping at the first leaf module that has no ONNX form."""
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        name = self.path_of_module(m)
+        if self.is_leaf_module(m, name) and not isinstance(m, _MODULE_FORMS):
+            raise _Refused(f"module {name!r} ({type(m).__name__}) has no ONNX form in lowbit's exporter")
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _refuse_unexportable(model: nn.Module) -> None:
+    """Raise a ValueError naming the first layer (in forward order) that has no ONNX form.
+
+    Runs before the example input is checked: a model that cannot be exported at all
+    says which layer is the reason, whatever input it was given (an LSTM classifier's
+    token ids are no float tensor, but its embedding is what the exporter refuses).
+    """
+    try:
+        _ScanTracer().trace(model)
+    except _Refused:
+        raise
+    except ValueError as e:
+        if "has no ONNX form" in str(e):  # a layer that refuses tracing names itself (nn.attention.refuse_trace)
+            raise
+    except Exception:  # noqa: BLE001 - other tracing failures are reported by _trace, with the input checked
+        pass
+
+
 def _trace(model: nn.Module, example: Tensor) -> tuple[torch.fx.GraphModule, dict[str, tuple | None]]:
     try:
         graph = _Tracer().trace(model)
@@ -550,8 +587,11 @@ def to_onnx(
 ) -> Any:
     """Build the ONNX ModelProto of ``model`` (in eval mode) for inputs shaped like ``example_input``."""
     onnx = _require_onnx()
-    _check_args(model, example_input, opset, weight_format)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).float().eval()  # tracing and ShapeProp must not touch the caller's model
+    _refuse_unexportable(model)  # the layer that cannot export, before the input is checked
+    _check_args(model, example_input, opset, weight_format)
     example = example_input.detach().float().cpu()
     gm, shapes = _trace(model, example)
     g = _Graph(onnx)
