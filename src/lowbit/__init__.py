@@ -19,7 +19,9 @@ from .ranges import Granularity, register_range
 # the 4.6-bit pair arithmetic lives with the MCU target; loaded on first use (see __getattr__)
 _LAZY = {"FourSixPair": "lowbit.targets.mcu.pairs", "pair46": "lowbit.targets.mcu.pairs",
          # per-layer sensitivity and bit widths under a budget (issue 17): the algorithms layer, loaded on first use
-         "sensitivity": "lowbit.algorithms.sensitivity", "mixed_precision": "lowbit.algorithms.mixed_precision"}
+         "sensitivity": "lowbit.algorithms.sensitivity", "mixed_precision": "lowbit.algorithms.mixed_precision",
+         # per-layer format, bytes and kernel of a converted model (issue 20)
+         "inspect": "lowbit.nn.inspect"}
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,7 @@ __all__ = [
     "pair46",
     "sensitivity",
     "mixed_precision",
+    "inspect",
     "state_levels",
     "state_quantizer",
     "Codebook",

@@ -277,8 +277,19 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
-def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Freeze to integer weights (QTensor codes + scales) and fixed activation scales, for inference."""
+def convert(model: nn.Module, *, inplace: bool = False, kernels: str = "exact") -> nn.Module:
+    """Freeze to integer weights (packed QTensor codes + scales) and fixed activation scales, for inference.
+
+    ``kernels="exact"`` (default): every layer decodes its packed weight and equals the
+    fake-quantized model bit for bit. ``"auto"``: linears whose format PyTorch has a low-bit
+    kernel for (int8 per channel, int4 group-wise) keep the kernel's layout and take the
+    kernel where a measured table says it is faster (``lowbit.nn.kernels``: within a stated
+    accumulation bound, not bit-equal).
+    """
+    from .nn.kernels import KERNEL_MODES
+
+    if kernels not in KERNEL_MODES:
+        raise ValueError(f"kernels must be one of {KERNEL_MODES}, got {kernels!r}")
     if (h := model_handler_for(model)) is not None:  # a whole-model handler (spiking networks: lowbit.snn.verbs)
         return h.convert(model, inplace=inplace)
     if not isinstance(model, nn.Module):
@@ -295,9 +306,22 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 m.convert_()
             except ValueError as e:
                 raise ValueError(f"layer {name!r}: {e}") from None
+        if kernels == "auto":
+            use_kernels(model)
         freeze_edges(model)
     set_info(model, info_of(model).converted())
     model.eval()
+    return model
+
+
+def use_kernels(model: nn.Module) -> nn.Module:
+    """Give each converted linear of ``model`` PyTorch's low-bit kernel where one fits (in place; see ``convert``)."""
+    from .nn.kernels import kernel_for
+    from .nn.layers import QuantLinear
+
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and m.converted and m.kernel is None:
+            m.kernel = kernel_for(m)
     return model
 
 
@@ -319,8 +343,10 @@ def save(model: nn.Module, path: "str | os.PathLike[str]", *, metadata: Mapping[
         return h.save(model, path, metadata)
     layers = quantized_layers(model)
     tensors: dict[str, object] = {}
+    # a converted layer's packed buffers are written once, as the QTensor entry "<name>.weight"
+    packed_keys = {f"{n}.{b}" for n, m in layers.items() if m.converted for b in m._buffers if b.startswith("qweight_")}
     for k, v in model.state_dict().items():
-        if v.numel():  # empty buffers are quantizers that were never frozen
+        if v.numel() and k not in packed_keys:  # empty buffers are quantizers that were never frozen
             # a copy: QTensors made by encode() share the quantizer's scale storage,
             # and safetensors refuses tensors that share memory
             tensors[k] = v.detach().clone()
@@ -433,9 +459,12 @@ def load(
                 raise ValueError(f"{path}: layer {lname!r}: {e}; is it the same architecture?") from None
     if saved.config:  # the graph path re-traces the float model and inserts the same edge quantizers
         model = rebuild_edges(model, saved.config, saved.layers)
-    state = {k: v for k, v in tensors.items() if not k.endswith(":q") and isinstance(v, Tensor)}
+    # converted layers took their QTensor above (set_qweight); files from before packed layers
+    # may also hold a float "<name>.weight" beside it: the packed codes are the truth
+    installed = {f"{n}.weight" for n, m in quantized_layers(model).items() if m.converted}
+    state = {k: v for k, v in tensors.items() if not k.endswith(":q") and isinstance(v, Tensor) and k not in installed}
     for k, v in tensors.items():
-        if isinstance(v, QTensor) and not k.endswith(":q"):
+        if isinstance(v, QTensor) and not k.endswith(":q") and k not in installed:
             state[k] = v.dequantize()
     try:
         result = model.load_state_dict(state, strict=False)
@@ -443,7 +472,8 @@ def load(
         raise ValueError(f"{path} does not fit the model; is it the same architecture? {e}") from None
     if result.unexpected_keys:
         raise ValueError(f"{path}: entries {result.unexpected_keys[:5]} do not fit the model; is it the same architecture?")
-    bad = [k for k in result.missing_keys if not k.rsplit(".", 1)[-1] in ("scale", "zero_point", "running_lo", "running_hi")]
+    bad = [k for k in result.missing_keys if not k.rsplit(".", 1)[-1] in ("scale", "zero_point", "running_lo", "running_hi")
+           and not k.rsplit(".", 1)[-1].startswith("qweight_")]
     if bad:
         raise ValueError(f"{path}: the file lacks entries {bad[:5]} of the model")
     for a in _act_quants(model):

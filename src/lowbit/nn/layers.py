@@ -8,9 +8,14 @@ Each is its float counterpart (a subclass: same arguments, same ``weight``) plus
   the float weight;
 - ``input_quant``: an optional :class:`~lowbit.nn.act.ActQuant` on the input.
 
-``convert_()`` freezes the layer for inference: ``qweight`` holds the
-:class:`~lowbit.qtensor.QTensor` (integer codes + scales) and ``weight``
-becomes a buffer with exactly ``qweight.dequantize()``.
+``convert_()`` freezes the layer for inference: the float weight is dropped and
+the layer holds only the packed codes and scales as buffers (``qweight_codes``,
+``qweight_scale``, ``qweight_zero_point``: see :mod:`lowbit.nn.packed`), so
+``state_dict()`` and memory are the packed size. ``qweight`` is the
+:class:`~lowbit.qtensor.QTensor` over those buffers; ``weight`` still reads as
+exactly ``qweight.dequantize()``, computed on access (and once per forward call),
+never kept between calls. A kernel chosen by ``lowbit.convert(kernels="auto")``
+(:mod:`lowbit.nn.kernels`) may hold its own packed layout instead.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 
 from ..qtensor import QTensor
 from ..quantizer import Quantizer
+from . import packed
 from .act import ActQuant
 
 __all__ = [
@@ -33,10 +39,8 @@ __all__ = [
 class QuantLayer:
     """Mixin: a float layer whose forward pass uses a quantized weight."""
 
-    weight: Tensor
     weight_quant: Quantizer | None
     input_quant: ActQuant | None
-    qweight: QTensor | None
     weight_spec: str | None
 
     def _init_quant(self, weight_quant: Quantizer | None, input_quant: ActQuant | None) -> None:
@@ -48,18 +52,47 @@ class QuantLayer:
             weight_quant.granularity.check(self.weight.shape)
         self.weight_quant = weight_quant
         self.input_quant = input_quant
-        self.qweight = None
+        self._qmeta = None  # packed.PackedMeta once converted
+        self.kernel = None  # a kernels.Kernel the forward pass uses, once chosen
         self.weight_spec = weight_quant.spec if weight_quant is not None else None
+
+    # The float weight: a parameter (QAT/PTQ) or, once converted, the packed codes
+    # decoded on access. A property (not __getattr__) so that it wins whatever the
+    # subclass's base order (nn.Linear's Module.__getattr__ comes before this mixin).
+    @property
+    def weight(self) -> Tensor:  # type: ignore[override]
+        """The float weight (the shadow parameter, or the converted codes decoded now)."""
+        d = self.__dict__
+        w = d["_parameters"].get("weight")
+        if w is None:
+            w = d["_buffers"].get("weight")
+        if w is None:
+            if d.get("_qmeta") is None:
+                raise AttributeError(f"{type(self).__name__} has no weight")
+            return packed.dequantize(self)
+        return w
+
+    @weight.setter
+    def weight(self, value: Tensor) -> None:
+        # reached only for values nn.Module.__setattr__ does not register itself
+        raise AttributeError(f"{type(self).__name__}.weight is converted (packed codes): install new integer weights with set_qweight()")
+
+    @property
+    def qweight(self) -> QTensor | None:
+        """The converted weight as a QTensor over the layer's packed buffers, or None before ``convert_()``."""
+        return packed.qtensor_of(self) if self.__dict__.get("_qmeta") is not None else None
 
     @property
     def converted(self) -> bool:
         """True once ``convert_()`` replaced the float weight by integer codes."""
-        return self.qweight is not None
+        return self.__dict__.get("_qmeta") is not None
 
     def quantized_weight(self) -> Tensor:
-        """The weight the forward pass uses (fake-quantized, or the converted one)."""
+        """The weight the forward pass uses (fake-quantized, or the converted one decoded now)."""
+        if self._qmeta is not None:
+            return packed.dequantize(self)
         wq = self.weight_quant  # a submodule: one nn.Module attribute lookup, not two (the QAT hot path)
-        if wq is None or self.qweight is not None:
+        if wq is None:
             return self.weight
         return wq(self.weight)
 
@@ -68,27 +101,32 @@ class QuantLayer:
 
     def encode_weight(self) -> QTensor | None:
         """The weight as a QTensor (integer codes + scales), or None if the weight is not quantized."""
-        if self.qweight is not None:
+        if self._qmeta is not None:
             return self.qweight
         if self.weight_quant is None:
             return None
         return self.weight_quant.encode(self.weight.detach())
 
     def set_qweight(self, qt: QTensor) -> None:
-        """Install integer weights: ``weight`` becomes a buffer equal to ``qt.dequantize()``."""
-        if tuple(qt.shape) != tuple(self.weight.shape):
-            raise ValueError(f"qweight shape {tuple(qt.shape)} does not match weight shape {tuple(self.weight.shape)}")
-        w = qt.dequantize().to(device=self.weight.device, dtype=self.weight.dtype)
+        """Install integer weights: the float weight is dropped, the packed codes and scales become buffers."""
+        if not isinstance(qt, QTensor):
+            raise TypeError(f"qt must be a QTensor, got {type(qt).__name__}")
+        w = self.weight
+        if tuple(qt.shape) != tuple(w.shape):
+            raise ValueError(f"qweight shape {tuple(qt.shape)} does not match weight shape {tuple(w.shape)}")
         mod: Any = self
-        del mod.weight
-        mod.register_buffer("weight", w)
-        self.qweight = qt
+        device, dtype = w.device, w.dtype
+        if "weight" in self._parameters or "weight" in self._buffers:
+            del mod.weight
+        del w
+        packed.install(self, qt, device=device, dtype=dtype)
         self.weight_spec = self.weight_spec or qt.fmt.spec
         mod.weight_quant = None
+        self.kernel = None
 
     def convert_(self) -> None:
-        """Freeze in place: integer weights (QTensor), fixed activation scales."""
-        if self.weight_quant is not None and self.qweight is None:
+        """Freeze in place: integer weights (packed QTensor buffers), fixed activation scales."""
+        if self.weight_quant is not None and self._qmeta is None:
             q = self.weight_quant
             if not q.frozen:
                 q.fit(self.weight.detach())  # the scale the last forward pass used
@@ -104,6 +142,8 @@ class QuantLayer:
             parts.append(f"input={self.input_quant.spec!r}")
         if self.converted:
             parts.append("converted")
+            if self.kernel is not None:
+                parts.append(f"kernel={self.kernel.name!r}")
         return ", ".join(parts)
 
 
@@ -134,6 +174,8 @@ class QuantLinear(nn.Linear, QuantLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         """Linear map with the quantized weight."""
+        if self.kernel is not None:
+            return self.kernel(self, self._quant_input(x), self.bias)
         return F.linear(self._quant_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:

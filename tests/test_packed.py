@@ -1,0 +1,132 @@
+"""Converted layers hold packed weights (no float copy), stay bit-equal to fake quant, and the opt-in kernels keep their bound."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.nn import kernels
+from lowbit.nn.layers import QuantLinear
+
+SPECS = ["w8", "w4:group128", "w4:nf4:group64", "w3", "w2:group64"]
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_converted_layer_holds_packed_codes_only_and_equals_fake_quant(spec: str) -> None:
+    q = lowbit.quantize(_mlp(), spec)
+    c = lowbit.convert(q)
+    x = torch.randn(5, 256)
+    assert torch.equal(c(x), q(x))
+    sd = c.state_dict()
+    assert "0.weight" not in sd and "0.qweight_codes" in sd
+    assert not any(v.is_floating_point() and v.numel() >= 64 * 128 for v in sd.values())  # no float weight anywhere
+    bits = c[0].qweight.bits
+    for i, (n, k) in ((0, (128, 256)), (2, (64, 128))):
+        qt = c[i].qweight
+        expect = math.ceil(n * k * bits / 8) + qt.scale.numel() * 4
+        held = sum(v.numel() * v.element_size() for key, v in sd.items() if key.startswith(f"{i}.qweight_"))
+        assert held == expect
+        assert torch.equal(c[i].weight, qt.dequantize())  # the weight still reads as the decoded codes
+
+
+def test_saved_file_is_packed_size_and_loads_equal(tmp_path) -> None:
+    torch.manual_seed(1)
+    f = nn.Sequential(nn.Linear(1024, 1024, bias=False))
+    c = lowbit.convert(lowbit.quantize(f, "w4:group128"))
+    p = tmp_path / "m.lowbit"
+    lowbit.save(c, p)
+    packed = 1024 * 1024 // 2 + (1024 * 1024 // 128) * 4
+    assert packed <= p.stat().st_size <= packed * 1.01
+    back = lowbit.load(p, model=f)
+    x = torch.randn(3, 1024)
+    assert torch.equal(back(x), c(x))
+    assert "0.weight" not in back.state_dict()
+
+
+def test_old_file_with_float_weight_beside_codes_loads(tmp_path) -> None:
+    # files from before packed layers: the converted layer's float weight sat in the file
+    # next to its QTensor; the codes are the truth
+    f = _mlp()
+    c = lowbit.convert(lowbit.quantize(f, "w4:group64"))
+    meta = lowbit.info.info_of(c).to_metadata()
+    tensors = {k: v.clone() for k, v in c.state_dict().items() if "qweight_" not in k}
+    tensors["0.weight"] = c[0].qweight
+    tensors["2.weight"] = c[2].qweight
+    p = tmp_path / "old.lowbit"
+    lowbit.save_qtensors(p, tensors, meta)
+    back = lowbit.load(p, model=f)
+    x = torch.randn(4, 256)
+    assert torch.equal(back(x), c(x))
+
+
+def test_kernels_argument_is_checked() -> None:
+    q = lowbit.quantize(_mlp(), "w8")
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        lowbit.convert(q, kernels="fast")
+
+
+@torch.no_grad()
+def _bound_ratio(layer: QuantLinear, dtype: torch.dtype) -> float:
+    """max_i |y_i - r_i| / ((2 + 2 sqrt(K)) eps a_i): at most 1 by the bound stated in lowbit.nn.kernels."""
+    k = layer.in_features
+    x = torch.randn(7, k).to(dtype)
+    y = layer.kernel.run(layer, x, layer.bias).double()
+    w = layer.qweight.dequantize().double()
+    r = x.double() @ w.T + layer.bias.double()
+    a = x.double().abs() @ w.abs().T
+    return float(((y - r).abs() / ((2 + 2 * math.sqrt(k)) * torch.finfo(dtype).eps * a)).max())
+
+
+@pytest.mark.parametrize("spec,kind", [("w8", "int8"), ("w4:group128", "int4"), ("uint4:group64", "int4")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_within_stated_bound_and_codes_round_trip(spec: str, kind: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(2)
+    f = nn.Sequential(nn.Linear(512, 256))
+    q = lowbit.quantize(f, spec)
+    exact, auto = lowbit.convert(q), lowbit.convert(q, kernels="auto")
+    layer = auto[0]
+    assert layer.kernel is not None and layer.kernel.name == kind
+    assert f"qweight_{'int8' if kind == 'int8' else 'int4pack'}" in layer.state_dict()
+    assert "qweight_codes" not in layer.state_dict()  # one copy of the weight: the kernel's layout
+    assert torch.equal(layer.qweight.data, exact[0].qweight.data)  # codes read back exactly from that layout
+    assert _bound_ratio(layer, dtype) <= 1.0
+
+
+def test_auto_falls_back_to_exact_where_no_kernel_fits() -> None:
+    q = lowbit.quantize(_mlp(), "w4:nf4:group64")
+    a = lowbit.convert(q, kernels="auto")
+    x = torch.randn(3, 256)
+    assert all(m.kernel is None for m in a.modules() if isinstance(m, QuantLinear))
+    assert torch.equal(a(x), q(x))
+
+
+def test_choice_is_measured_once_and_cached() -> None:
+    q = lowbit.quantize(nn.Sequential(nn.Linear(256, 96)), "w8")
+    a = lowbit.convert(q, kernels="auto")
+    a(torch.randn(1, 256))
+    key = ("int8", 96, 256, "float32", "1")
+    table = kernels.measured_table()
+    assert key in table
+    kernels._TABLE[key] = not table[key]  # a cached entry is used as is, never re-measured
+    assert kernels.choice(a[0].kernel, 96, 256, torch.float32, 1, a[0]) is (not table[key])
+    kernels._TABLE[key] = table[key]
+
+
+def test_inspect_reports_format_bits_bytes_and_kernel(capsys) -> None:
+    a = lowbit.convert(lowbit.quantize(_mlp(), "w4:group64"), kernels="auto")
+    rows = lowbit.inspect(a)
+    assert [r.name for r in rows] == ["0", "2"]
+    assert rows[0].format == "int4" and rows[0].bits == 4
+    assert rows[0].nbytes == 128 * 256 // 2 + 128 * 256 // 64 * 4
+    assert rows[0].kernel_bf16 in ("int4", "exact")
+    assert "int4" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        lowbit.inspect("model")  # type: ignore[arg-type]
