@@ -158,3 +158,31 @@ def test_nir_exports_the_quantized_weights_exactly(tmp_path):
         assert np.array_equal(g.nodes[name].weight, eff[name]), f"NIR weight {name} must be the quantized weight"
     with pytest.raises(TypeError, match="SNN"):  # a non-spiking model is refused, by type
         export_nir(torch.nn.Linear(2, 2), tmp_path / "x.nir")
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.b(x + self.a(x))
+
+
+class _Tanh(_Residual):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.b(torch.tanh(self.a(x)))  # tanh is no edge op: the module path, caught by comparing outputs
+
+
+@pytest.mark.parametrize("cls, named", [(_Residual, "'add'"), (_Tanh, "layer 'b'")])
+def test_mcu_refusal_of_a_non_sequential_model_names_the_layer(cls, named):
+    from lowbit.targets.mcu.lower import lower
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = lowbit.quantize(cls(), "w8,a8", calib=[(x, None)])
+    with pytest.raises(ValueError, match="not the plain sequence of its layers") as err:
+        lower(q, x)
+    assert named in str(err.value), f"the refusal must name {named}: {err.value}"

@@ -486,6 +486,36 @@ def prepare(model: nn.Module) -> nn.Module:
     return model
 
 
+def _edge_culprit(model: nn.Module, err: str) -> str:
+    """What puts a graph-path model off the plain sequence: its first functional op, named (else the edge quantizer)."""
+    from ...graph import EDGE_FUNCTIONS, EDGE_METHODS
+
+    graph = getattr(model, "graph", None)
+    for n in graph.nodes if graph is not None else ():
+        if (n.op == "call_function" and n.target in EDGE_FUNCTIONS) or (n.op == "call_method" and n.target in EDGE_METHODS):
+            return f"the functional op {n.name!r} ({getattr(n.target, '__name__', n.target)})"
+    start = err.find("'lowbit_acts.")
+    return "the activation quantizer " + (err[start : err.find("'", start + 1) + 1] if start >= 0 else "'lowbit_acts'")
+
+
+@torch.no_grad()
+def _divergent_layer(model: nn.Module, seq: list[object], x: Tensor, capture: dict[str, list[Tensor]]) -> str:
+    """Name the first layer whose input in the model's own forward is not what the plain sequence gives it."""
+    seen: dict[str, Tensor] = {}
+    blocks = [b for b in seq if isinstance(b, _Block)]
+    hooks = [b.mod.register_forward_pre_hook(lambda m, a, n=b.name: seen.setdefault(n, a[0])) for b in blocks]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for b in blocks:
+        ours, real = capture[b.name][0], seen.get(b.name)
+        if real is None or ours.numel() != real.numel() or not torch.allclose(ours.reshape(-1), real.reshape(-1), rtol=1e-4, atol=1e-4):
+            return f"layer {b.name!r} does not receive the previous layer's output"
+    return f"the output is not the last layer {blocks[-1].name!r}'s"
+
+
 @torch.no_grad()
 def lower(
     model: nn.Module,
@@ -511,8 +541,8 @@ def lower(
             raise
         # the graph path's edge quantizers (lowbit.graph): every layer before them was supported
         raise ValueError(
-            "the model's forward is not the plain sequence of its layers (skip connections, functional ops: its "
-            "activation quantizers sit on graph edges); the MCU target takes sequential models"
+            f"the model's forward is not the plain sequence of its layers: {_edge_culprit(model, str(e))} sits on a "
+            "graph edge (skip connections, functional ops); the MCU target takes sequential models"
         ) from None
     if calib is None:
         x = _structure_inputs(model, seq)
@@ -530,8 +560,8 @@ def lower(
     ref = model(x)
     if ours.shape != ref.shape or not torch.allclose(ours, ref, rtol=1e-4, atol=1e-4):
         raise ValueError(
-            "the model's forward is not the plain sequence of its layers (skip connections, functional ops?); "
-            f"the MCU target runs only sequential models of: {SUPPORTED_LAYERS}"
+            f"the model's forward is not the plain sequence of its layers: {_divergent_layer(model, seq, x, capture)} "
+            f"(skip connections, functional ops?); the MCU target runs only sequential models of: {SUPPORTED_LAYERS}"
         )
     blocks = [b for b in seq if isinstance(b, _Block)]
     inputs = {k: torch.cat(v) for k, v in capture.items()}
