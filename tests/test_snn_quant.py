@@ -111,6 +111,9 @@ def test_state_levels_match_snntorch_examples():
     )
     assert len(state_levels("uniform", 4)) == 16 and state_levels("thr", 4, threshold=2.0)[-1] == pytest.approx(2.4)
     assert torch.equal(state_levels("thr", 4), cb.state_levels("thr", 4).levels)  # one construction in the project
+    # the threshold at the top of the range (upper_limit=0), which snnTorch builds: 2 levels below it,
+    # gaps 1 and m = 0.05 (1 bit) scaled to the distance 2 from -1 to the threshold (the grid: test_snn_levels.py)
+    assert torch.allclose(state_levels("thr", 1, upper_limit=0.0), torch.tensor([-1.0, -1.0 + 2 / 1.05]), atol=1e-6)
     with pytest.raises(ValueError, match="kind"):
         state_levels("log", 4)
 

@@ -26,6 +26,32 @@ def _state_spec(kind: str, bits: int, threshold: float, lower: float, upper: flo
     return s
 
 
+def _geometric(lo: float, hi: float, c: float, n: int, m: float) -> list[float]:
+    """snnTorch's non-uniform levels, computed in its order: gaps m^j shrinking towards ``c`` from both sides."""
+    # a loop in Python floats (at most 2^16 terms, once per quantizer) rather than a closed form:
+    # the running sums round exactly as snnTorch's do
+    n_lo = math.floor(n * ((c - lo) / (hi - lo)))
+    n_hi = n - n_lo
+    out: list[float] = []
+    if n_lo:  # from lo up, c itself excluded (with upper_limit = 0 the top level lies below the threshold)
+        total = 0.0
+        for j in reversed(range(n_lo)):
+            total += m**j
+        room, v = total / (c - lo), lo
+        for j in range(n_lo):
+            out.append(v)
+            v += m**j / room
+    if n_hi:  # from c (excluded) up to hi
+        total = 0.0
+        for j in reversed(range(n_hi)):
+            total += m**j
+        room, v = total / (hi - c), c
+        for j in reversed(range(n_hi)):
+            v += m**j / room
+            out.append(v)
+    return out
+
+
 def state_levels(
     kind: str,
     num_bits: int,
@@ -39,7 +65,10 @@ def state_levels(
     The range is ``[-threshold (1 + lower_limit), threshold (1 + upper_limit)]``
     with ``2^num_bits`` levels: evenly spaced (``uniform``), or with gaps that
     shrink geometrically (ratio ``multiplier``) towards the threshold (``thr``)
-    or towards zero (``zero``). Levels that coincide in float32 are merged.
+    or towards zero (``zero``). Levels that coincide in float32 are merged. The
+    levels are snnTorch's, bit for bit, for every setting it accepts; the centre
+    may be an end of the range (``upper_limit=0``: the threshold is the top, and
+    as in snnTorch no level reaches it). A centre outside the range is refused.
     """
     if kind not in STATE_KINDS:
         raise ValueError(f"kind must be one of {STATE_KINDS}, got {kind!r}")
@@ -47,34 +76,25 @@ def state_levels(
     thr, ll, ul = float(threshold), float(lower_limit), float(upper_limit)
     if not (math.isfinite(thr) and thr > 0):
         raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
-    lo, hi = -thr * (1 + ll), thr * (1 + ul)
+    # snnTorch's own expressions, term for term, so that the float32 levels are bit-identical to its
+    lo, hi = -(thr + thr * ll), thr + thr * ul
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"lower_limit and upper_limit must give a non-empty range, got [{lo}, {hi}]")
-    n = 2**bits
+    n = 2 << bits - 1
     if kind == "uniform":
-        lv = torch.linspace(lo, hi, n, dtype=torch.float64)
+        lv = torch.linspace(lo, hi, n)  # float32, as snnTorch (float64 would round differently)
     else:
         m = _STATE_MULTIPLIER.get(bits, 0.95) if multiplier is None else float(multiplier)
         if not (math.isfinite(m) and m > 0):
             raise ValueError(f"multiplier must be a finite number > 0, got {multiplier!r}")
         c = thr if kind == "thr" else 0.0
-        n_lo = math.floor(n * (c - lo) / (hi - lo))
-        n_hi = n - n_lo
-        if not (lo < c < hi) or n_lo < 1 or n_hi < 1:
+        if not lo <= c <= hi:
+            # snnTorch builds more than 2^num_bits levels, beyond the range, for a centre outside it
             raise ValueError(
-                f"the centre {c} must lie inside [{lo}, {hi}] with levels on both sides; "
-                "check threshold, lower_limit and upper_limit"
+                f"the centre of {kind!r} levels ({c:g}) must lie in [{lo:g}, {hi:g}]: "
+                + ("upper_limit must be >= 0" if kind == "thr" else "lower_limit must be >= -1")
             )
-
-        def partial(k: int) -> Tensor:  # [0, 1, 1 + m, 1 + m + m^2, ...], k + 1 entries
-            powers = m ** torch.arange(k, dtype=torch.float64)
-            return torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(powers, 0)])
-
-        below = partial(n_lo)  # gaps m^0, m^1, ... from lo towards c (c itself excluded)
-        below_lv = lo + below[:-1] * (c - lo) / below[-1]
-        above = partial(n_hi)  # gaps m^(n_hi - 1), ..., m^0 from c up to hi (c excluded)
-        above_lv = c + (above[-1] - above.flip(0)[1:]) * (hi - c) / above[-1]
-        lv = torch.cat([below_lv, above_lv])
+        lv = torch.tensor(_geometric(lo, hi, c, n, m), dtype=torch.float64)
     lv = torch.unique_consecutive(lv.float())
     spec = _state_spec(kind, bits, thr, ll, ul, multiplier if kind != "uniform" else None)
     return Codebook(lv, name=spec)
