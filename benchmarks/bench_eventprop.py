@@ -4,6 +4,8 @@
     python benchmarks/bench_eventprop.py --quick          # small sizes, a minute or two
     python benchmarks/bench_eventprop.py --threads 1 --seed 0 --epochs 16
     python benchmarks/bench_eventprop.py --seed 1 --out s1.json ...; --merge s0.json s1.json ...   # seed means
+    python benchmarks/bench_eventprop.py --weights 8 4 --methods eventprop --routing float --timing mlgenn \
+        --scope connection --no-ttfs     # mlGeNN's EventProp QAT (PR #88): float error routing, gradient one batch late
 
 Both trainers start from the same weights and see the same batches:
 
@@ -13,8 +15,11 @@ Both trainers start from the same weights and see the same batches:
   the same readout (default ``exp``: mlGeNN's exponentially weighted average of the leaky
   integrator) trained by :func:`lowbit.snn.train` (surrogate gradient through time).
 
-QAT weights are fixed point fitted to the 99th percentile per population (``fxp<b>:p99``),
-refitted every batch. "backward MB" is the memory autograd keeps for the backward pass of one
+QAT weights are fixed point fitted to the 99th percentile (``fxp<b>:p99``) per population
+(``--scope``; mlGeNN's EventProp compiler fits per connection), refitted every batch.
+``--routing`` / ``--timing`` set EventProp's ``error_routing`` (``quantized``: errors through
+Q(w); ``float``: through the float weights, as mlGeNN) and ``gradient_timing`` (``same_batch``,
+or ``mlgenn``: each gradient applied one batch late). "backward MB" is the memory autograd keeps for the backward pass of one
 batch (tensors saved by the graph, counted with ``saved_tensors_hooks``): the part of peak memory
 that grows with time steps. (EventProp also holds ``chunk_steps`` = 32 steps of dense state
 while it runs, whatever the trial length.) Epoch time is wall time on this machine (min over
@@ -60,9 +65,10 @@ def run_task(name: str, data: tuple, n_in: int, n_out: int, args: argparse.Names
     rows = []
     for prec in args.weights:
         spec = None if prec == "float" else f"fxp{prec}:p99"
-        for method in ("eventprop", "bptt"):
+        for method in args.methods:
             ep = EventPropSNN(n_in, args.hidden, n_out, init_scale=args.init_scale, init_mean=args.init_mean,
-                              out_init_scale=args.out_init_scale, readout=args.readout, reset="zero", seed=args.seed)
+                              out_init_scale=args.out_init_scale, readout=args.readout, reset="zero", seed=args.seed,
+                              error_routing=args.routing, gradient_timing=args.timing)
             if method == "eventprop":
                 model = ep
             else:
@@ -72,7 +78,7 @@ def run_task(name: str, data: tuple, n_in: int, n_out: int, args: argparse.Names
                     model.fc[0].copy_(ep.fc[0])
                     model.w_out.copy_(ep.w_out)
             if spec is not None:
-                model.quantize_weights(spec, scope="population")
+                model.quantize_weights(spec, scope=args.scope)
             mem = saved_mb(model, xtr[: args.batch_size])
             times = []
             for ep_i in range(args.epochs):
@@ -83,7 +89,8 @@ def run_task(name: str, data: tuple, n_in: int, n_out: int, args: argparse.Names
                     train(model, xtr, ytr, epochs=1, batch_size=args.batch_size, lr=args.lr, seed=args.seed + ep_i)
                 times.append(time.perf_counter() - t0)
             acc = evaluate(model, xte, yte)
-            row = {"task": name, "method": method, "weights": prec, "acc": acc, "epoch_s": min(times), "backward_mb": mem}
+            row = {"task": name, "method": method, "weights": prec, "acc": acc, "epoch_s": min(times), "backward_mb": mem,
+                   "scope": args.scope, "routing": args.routing, "timing": args.timing}
             log(json.dumps(row))
             rows.append(row)
     return rows
@@ -104,16 +111,25 @@ def run_ttfs(name: str, data: tuple, n_in: int, n_out: int, args: argparse.Names
     return row
 
 
+def _weights(prec: str, r: dict) -> str:
+    if prec == "float":
+        return "float"
+    opts = "" if (r.get("routing"), r.get("timing")) in ((None, None), ("quantized", "same_batch")) else \
+        f", errors via {r['routing']} w, gradient {'one batch late' if r['timing'] == 'mlgenn' else 'same batch'}"
+    return f"fxp{prec} (p99, per {r.get('scope', 'population')}{opts})"
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown table: one line per task and weight precision, EventProp beside BPTT."""
+    """Markdown table: one line per task and weight precision, EventProp beside BPTT (a dash where not run)."""
     out = ["| task | weights | EventProp acc | BPTT acc | EventProp epoch (s) | BPTT epoch (s) | EventProp backward MB | BPTT backward MB |",
            "|---|---|---|---|---|---|---|---|"]
     keyed = {(r["task"], r["weights"], r["method"]): r for r in rows}
+    none = {"acc": float("nan"), "epoch_s": float("nan"), "backward_mb": float("nan")}
     for task, prec in dict.fromkeys((r["task"], r["weights"]) for r in rows if r["method"] != "eventprop-ttfs"):
-        e, b = keyed[(task, prec, "eventprop")], keyed[(task, prec, "bptt")]
-        w = "float" if prec == "float" else f"fxp{prec} (p99, per population)"
-        out.append(f"| {task} | {w} | {100 * e['acc']:.1f} | {100 * b['acc']:.1f} | {e['epoch_s']:.2f} | {b['epoch_s']:.2f} "
-                   f"| {e['backward_mb']:.2f} | {b['backward_mb']:.2f} |")
+        e, b = keyed.get((task, prec, "eventprop"), none), keyed.get((task, prec, "bptt"), none)
+        w = _weights(prec, e if e is not none else b)
+        out.append((f"| {task} | {w} | {100 * e['acc']:.1f} | {100 * b['acc']:.1f} | {e['epoch_s']:.2f} | {b['epoch_s']:.2f} "
+                    f"| {e['backward_mb']:.2f} | {b['backward_mb']:.2f} |").replace("nan", "-"))
     ttfs = [r for r in rows if r["method"] == "eventprop-ttfs"]
     if ttfs:
         out += ["", "| task | EventProp, first-spike-time readout (float) acc | epoch (s) |", "|---|---|---|"]
@@ -132,12 +148,16 @@ def merged_table(paths: list[str]) -> str:
                 acc.setdefault((r["task"], r["weights"], r["method"]), []).append(100 * r["acc"])
     out = [f"Mean over seeds {', '.join(map(str, seeds))} (min-max):", "",
            "| task | weights | EventProp acc | BPTT acc | EventProp - BPTT (pt) |", "|---|---|---|---|---|"]
+    first = {(r["task"], r["weights"]): r for run in runs for r in run["rows"]}
     for task, prec in dict.fromkeys((k[0], k[1]) for k in acc):
-        e, b = acc[(task, prec, "eventprop")], acc[(task, prec, "bptt")]
+        e, b = acc.get((task, prec, "eventprop"), []), acc.get((task, prec, "bptt"), [])
         d = [x - y for x, y in zip(e, b)]
-        w = "float" if prec == "float" else f"fxp{prec} (p99, per population)"
-        out.append(f"| {task} | {w} | {sum(e) / len(e):.1f} ({min(e):.1f}-{max(e):.1f}) | {sum(b) / len(b):.1f} "
-                   f"({min(b):.1f}-{max(b):.1f}) | {sum(d) / len(d):+.1f} ({min(d):+.1f} to {max(d):+.1f}) |")
+
+        def stat(v: list[float], fmt: str = ".1f", sep: str = "-") -> str:
+            return f"{sum(v) / len(v):{fmt}} ({min(v):{fmt}}{sep}{max(v):{fmt}})" if v else "-"
+
+        w = _weights(prec, first[(task, prec)])
+        out.append(f"| {task} | {w} | {stat(e)} | {stat(b)} | {stat(d, '+.1f', ' to ')} |")
     return "\n".join(out)
 
 
@@ -157,6 +177,13 @@ def main() -> int:
                     help="readout of both networks (default exp: mlGeNN's exponentially weighted average)")
     ap.add_argument("--out-init-scale", type=float, default=0.2, help="readout weight std x sqrt(fan-in) (default 0.2)")
     ap.add_argument("--weights", nargs="+", default=["float", "8", "4"], help="float and/or bit widths")
+    ap.add_argument("--methods", nargs="+", default=["eventprop", "bptt"], choices=["eventprop", "bptt"])
+    ap.add_argument("--scope", default="population", choices=["population", "connection"],
+                    help="weight scale per population (default) or per connection (mlGeNN's EventProp)")
+    ap.add_argument("--routing", default="quantized", choices=["quantized", "float"],
+                    help="EventProp's error_routing: errors through Q(w) (default) or the float weights (mlGeNN)")
+    ap.add_argument("--timing", default="same_batch", choices=["same_batch", "mlgenn"],
+                    help="EventProp's gradient_timing: each gradient at its own step (default) or one batch late (mlGeNN)")
     ap.add_argument("--tasks", nargs="+", default=["digits", "randman"], choices=["digits", "randman"])
     ap.add_argument("--randman-dim", type=int, default=2, help="Randman manifold dimension (default 2)")
     ap.add_argument("--randman-samples", type=int, default=100, help="Randman samples per class (default 100)")

@@ -7,7 +7,7 @@ from lowbit.data.spiking import randman_raster, split
 from lowbit.quantizer import quantizer
 from lowbit.snn import evaluate
 from lowbit.snn.eventprop import EP_READOUTS, EventPropFunction, EventPropSNN, eventprop_loss, reference_forward
-from lowbit.snn.eventprop_train import train_eventprop
+from lowbit.snn.eventprop_train import delay_gradients, train_eventprop
 
 D64 = torch.float64
 
@@ -294,6 +294,8 @@ def test_training_is_deterministic(randman_task):
     ({"threshold": 0.0}, "threshold"),
     ({"n_hidden": 0}, "n_hidden"),
     ({"chunk_steps": 0}, "chunk_steps"),
+    ({"error_routing": "shadow"}, "error_routing"),
+    ({"gradient_timing": "late"}, "gradient_timing"),
 ])
 def test_bad_arguments_name_the_argument(kw, name):
     args = {"n_in": 4, "n_hidden": 5, "n_out": 3, **kw}
@@ -332,3 +334,135 @@ def test_eventprop_ablation_table():
     assert res["table"].count("\n") == 4 and "PTQ fxp8:p99" in res["table"]
     with pytest.raises(ValueError, match="bits"):
         eventprop_ablation(bits=(1,))
+
+
+# --------------------------------------------------------------------------- mlGeNN's QAT options (issue 23)
+
+
+def _linear_loss(out, v):
+    # a loss linear in the readout: its gradient dL/dlogits = v does not depend on the output weights
+    return (out * v).sum()
+
+
+def _param_grads(m, x, v):
+    m.zero_grad(set_to_none=True)
+    _linear_loss(m(x), v).backward()
+    return {k: p.grad.clone() for k, p in m.connections().items()}
+
+
+@pytest.mark.parametrize("method", ["eventprop", "bptt"])
+def test_error_routing_is_identical_without_quantization(method):
+    x, y = _data(b=4, t=25, seed=3)
+    grads = []
+    for routing in ("quantized", "float"):
+        m = _net(True, [5, 4], readout="exp", method=method, error_routing=routing)
+        lv = F.cross_entropy(m(x), y)
+        grads.append(torch.autograd.grad(lv, list(m.parameters())))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_float_error_routing_sends_errors_through_the_float_weights():
+    """Hand check: one feed-forward hidden layer, so only the readout weights route errors (to fc0).
+
+    Its hidden spikes depend on Q(fc0) alone, and with a loss linear in the readout the output
+    adjoint does not depend on the readout weights either. So the quantized network's fc0
+    gradient with float routing must equal that of a float network whose fc0 is Q(fc0) and
+    whose readout is the *float* w_out; with quantized routing, one whose readout is Q(w_out).
+    """
+    x, _ = _data(b=4, t=25, seed=6)
+    v = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=D64)
+    got = {}
+    for routing in ("float", "quantized"):
+        m = _net(False, 6, readout="exp", error_routing=routing).quantize_weights("fxp3:p99")
+        got[routing] = _param_grads(m, x, v)
+    q = {k: w.detach().clone() for k, w in m.effective_weights().items()}
+    shadow = {k: w.detach().clone() for k, w in m.connections().items()}
+    assert not torch.equal(q["out"], shadow["out"])  # 3 bits: the readout's quantization matters
+    for routing, w_out in (("float", shadow["out"]), ("quantized", q["out"])):
+        f = _net(False, 6, readout="exp")
+        with torch.no_grad():
+            f.fc[0].copy_(q["fc0"])
+            f.w_out.copy_(w_out)
+        want = _param_grads(f, x, v)
+        assert torch.allclose(got[routing]["fc0"], want["fc0"], rtol=1e-10, atol=1e-13), routing
+        assert torch.allclose(got[routing]["out"], want["out"], rtol=1e-10, atol=1e-13), routing
+    assert got["float"]["fc0"].abs().sum() > 0
+    assert not torch.allclose(got["float"]["fc0"], got["quantized"]["fc0"])  # the option changes the gradient
+    assert torch.equal(got["float"]["out"], got["quantized"]["out"])  # the weight gradient itself holds no weight
+
+
+@pytest.mark.parametrize("recurrent,hidden", [(True, 5), (False, [5, 4]), (True, [4, 4])])
+def test_float_error_routing_matches_autograd_through_float_backward_weights(recurrent, hidden):
+    # EventProp's adjoint pass against autograd through the same discretisation whose matrix
+    # products send their input gradient through the float weights (method="bptt")
+    x, y = _data(b=3, t=30, seed=2)
+    grads = []
+    for method in ("eventprop", "bptt"):
+        m = _net(recurrent, hidden, readout="exp", method=method, error_routing="float").quantize_weights("fxp4:p99")
+        lv = F.cross_entropy(m(x), y)
+        grads.append(torch.autograd.grad(lv, list(m.parameters())))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-11)
+    assert sum(float(g.abs().sum()) for g in grads[0][:-1]) > 0  # the layers below the readout get errors
+
+
+def _sgd_batches():
+    m = _net(False, 5, readout="exp").quantize_weights("fxp8:p99")
+    (x1, y1), (x2, y2) = _data(b=4, t=20, seed=11), _data(b=4, t=20, seed=12)
+    return m, [(x1, y1), (x2, y2)]
+
+
+def _grad_at(m, x, y):
+    m.zero_grad(set_to_none=True)
+    F.cross_entropy(m(x), y).backward()
+    return [p.grad.clone() for p in m.parameters()]
+
+
+def test_mlgenn_timing_applies_each_gradient_one_batch_late():
+    m, batches = _sgd_batches()
+    start = [p.detach().clone() for p in m.parameters()]
+    g1 = _grad_at(m, *batches[0])  # batch 1's gradient at the start weights
+    lr = 0.3
+    opt = torch.optim.SGD(m.parameters(), lr=lr)
+    delay_gradients(opt)
+    after = []
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        after.append([p.detach().clone() for p in m.parameters()])
+    assert all(torch.equal(a, s) for a, s in zip(after[0], start))  # step 1: nothing to apply yet
+    for a, s, g in zip(after[1], start, g1):  # step 2: batch 1's gradient
+        assert torch.allclose(a, s - lr * g, rtol=0, atol=1e-15)
+    assert any(not torch.equal(a, s) for a, s in zip(after[1], start))
+
+
+def test_train_eventprop_follows_the_model_gradient_timing():
+    m, batches = _sgd_batches()
+    x, y = batches[0]
+    start = [p.detach().clone() for p in m.parameters()]
+    g1 = _grad_at(m, x, y)
+    lr = 0.3
+    late = _net(False, 5, readout="exp", gradient_timing="mlgenn").quantize_weights("fxp8:p99")
+    same = _net(False, 5, readout="exp").quantize_weights("fxp8:p99")
+    for net in (late, same):  # one batch per call: the whole set
+        train_eventprop(net, x, y, epochs=1, batch_size=len(y), lr=lr, optimizer="sgd", seed=0)
+    assert all(torch.equal(p, s) for p, s in zip(late.parameters(), start))  # its gradient waits on the model
+    for p, s, g in zip(same.parameters(), start, g1):
+        assert torch.allclose(p, s - lr * g, rtol=0, atol=1e-12)
+    train_eventprop(late, x, y, epochs=1, batch_size=len(y), lr=lr, optimizer="sgd", seed=0)
+    for p, s, g in zip(late.parameters(), start, g1):  # the next call applies it
+        assert torch.allclose(p, s - lr * g, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="optimizer"):
+        train_eventprop(late, x, y, optimizer="rmsprop")
+
+
+def test_eventprop_qat_scope_defaults_to_mlgenn_per_connection():
+    import lowbit
+    from lowbit.snn import SNN
+
+    m = _net(True, [5, 4])
+    assert set(m.quantize_weights("fxp8:p99").weight_quant.groups) == {"fc0", "rec0", "fc1", "rec1", "out"}
+    assert set(lowbit.quantize(_net(True, 5), "fxp4:p99").weight_quant.groups) == {"fc0", "rec0", "out"}
+    assert set(lowbit.quantize(_net(True, 5), "fxp4:p99, scope=population").weight_quant.groups) == {"hidden0", "out"}
+    assert set(lowbit.quantize(SNN(4, 5, 3, recurrent=True), "fxp4:p99").weight_quant.groups) == {"hidden0", "out"}

@@ -149,7 +149,7 @@ def test_eventprop_save_load_is_bit_exact(tmp_path, recurrent, readout):
     m = EventPropSNN(6, [9, 7], 3, recurrent=recurrent, readout=readout, init_scale=2.0, init_mean=0.3, seed=2,
                      dtype=torch.float64)
     x = _x(t=40)
-    q = lowbit.quantize(m, "fxp4:p99")
+    q = lowbit.quantize(m, "fxp4:p99, scope=population")  # EventPropSNN's default is per connection (mlGeNN's)
     assert q.weight_quant.groups["hidden0"] == (["fc0", "rec0"] if recurrent else ["fc0"])
     lowbit.save(q, tmp_path / "q.lowbit")
     r = lowbit.load(tmp_path / "q.lowbit", model=m)

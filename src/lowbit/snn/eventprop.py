@@ -36,8 +36,24 @@ chunk and the step loops are a handful of elementwise kernels; only a chunk is e
 
 Quantization-aware training: with :meth:`EventPropSNN.quantize_weights` the forward pass uses
 ``Q(w)`` (refitted to the float shadow weights at every forward pass, i.e. every batch, by
-:class:`~lowbit.snn.quant.WeightQuant`); the gradient with respect to ``Q(w)`` (errors routed
-through the quantized weights the forward used) passes straight through to the shadow weights.
+:class:`~lowbit.snn.quant.WeightQuant`; one scale per connection by default, as mlGeNN's
+EventProp compiler) and the weight gradient passes straight through to the shadow weights.
+Two knobs choose between mlGeNN's QAT (PR #88) and lowbit's:
+
+- ``error_routing``: mlGeNN sends the adjoint errors to the presynaptic layer through the
+  float shadow weights ``gBack`` (``addToPre(gBack (lambda_V - lambda_I))``) while the forward
+  pass uses ``g = Q(gBack)``: ``"float"``. lowbit's default, ``"quantized"``, routes them
+  through ``Q(w)``, the weights the forward pass used (the exact gradient of the quantized
+  network, up to the straight-through estimator). The weight gradients themselves
+  (``-lambda_I`` times the presynaptic spikes) involve no weight, so only the errors of the
+  layers below a quantized connection differ. Without quantization the two are identical.
+- ``gradient_timing``: mlGeNN runs the backward pass of batch ``n`` interleaved with the
+  forward pass of batch ``n + 1``, so the optimizer step at the end of batch ``n`` applies the
+  gradient of batch ``n - 1``: the forward weights ``Q(gBack)`` are current, the *gradient* is
+  one batch late (and validation or a checkpoint sees weights one update behind). ``"mlgenn"``
+  reproduces that (:func:`~lowbit.snn.eventprop_train.delay_gradients`, used by
+  :func:`~lowbit.snn.eventprop_train.train_eventprop`); ``"same_batch"`` (lowbit's default)
+  applies each batch's gradient at its own step.
 """
 from __future__ import annotations
 
@@ -52,11 +68,14 @@ from .neurons import READOUTS
 from .neurons import decay, readout_weights
 from .base import SpikingNetwork
 
-__all__ = ["EventPropSNN", "EventPropFunction", "reference_forward", "eventprop_loss", "EP_READOUTS", "EP_LOSSES"]
+__all__ = ["EventPropSNN", "EventPropFunction", "reference_forward", "eventprop_loss", "EP_READOUTS", "EP_LOSSES",
+           "ERROR_ROUTINGS", "GRADIENT_TIMINGS"]
 
 EP_READOUTS = (*READOUTS, "ttfs")  # ttfs: a spiking output read out by its first-spike times
 EP_LOSSES = ("ce", "mse", "ttfs")
 EP_RESETS = ("subtract", "zero")
+ERROR_ROUTINGS = ("quantized", "float")  # errors to the layer below through Q(w) (lowbit) or the float w (mlGeNN)
+GRADIENT_TIMINGS = ("same_batch", "mlgenn")  # each batch's gradient at its own step, or one batch late (mlGeNN)
 _CAP_MARGIN = 1e-2
 
 
@@ -226,10 +245,18 @@ def _run(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> tuple[Tensor, Tensor, li
 
 
 class EventPropFunction(torch.autograd.Function):
-    """Forward: the discretised network without autograd, recording spikes; backward: the adjoint pass."""
+    """Forward: the discretised network without autograd, recording spikes; backward: the adjoint pass.
+
+    ``ws`` may be followed by as many weights again, in the same order: those route the errors to
+    the layer below (mlGeNN's float ``gBack``; they get no gradient); without them the errors go
+    through the weights the forward used.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, cfg: _Cfg, *ws: Tensor) -> Tensor:  # type: ignore[override]
+        n_w = cfg.n_layers * (2 if cfg.recurrent else 1) + 1
+        back = ws[n_w:] if len(ws) == 2 * n_w else None
+        ws = ws[:n_w]
         acc, arg, spikes = _run(x, cfg, ws)
         ctx.cfg, ctx.t, ctx.b = cfg, x.shape[1], x.shape[0]
         # the input is kept as its spikes only: flat indices into [time, batch, inputs] and values
@@ -237,8 +264,9 @@ class EventPropFunction(torch.autograd.Function):
         in_flat = x_tb.nonzero().squeeze(1)
         ctx.n_in = x.shape[2]
         flat = [tensor for sp in spikes for tensor in (sp.flat, sp.vals)]
-        ctx.save_for_backward(in_flat, x_tb[in_flat], arg, *flat, *ws)
-        ctx.n_flat = len(flat)
+        back = [b.detach() for b in back] if back is not None else []
+        ctx.save_for_backward(in_flat, x_tb[in_flat], arg, *flat, *ws, *back)
+        ctx.n_flat, ctx.n_back = len(flat), len(back)
         return acc
 
     @staticmethod
@@ -248,8 +276,10 @@ class EventPropFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         in_flat, in_val, arg = saved[:3]
         flat = saved[3 : 3 + ctx.n_flat]
-        ws = saved[3 + ctx.n_flat :]
+        ws = saved[3 + ctx.n_flat : len(saved) - ctx.n_back]
         ff, rec, w_out = _split(ws, cfg)
+        # the weights that carry the errors down: the forward's, or mlGeNN's float ones
+        r_ff, r_rec, r_out = _split(saved[len(saved) - ctx.n_back :], cfg) if ctx.n_back else (ff, rec, w_out)
         g = g.to(w_out.dtype)
         dt, dev = w_out.dtype, w_out.device
         sizes = [w.shape[0] for w in ff] + [w_out.shape[0]]
@@ -293,9 +323,9 @@ class EventPropFunction(torch.autograd.Function):
                     lam_vo = torch.add(drive, lam_vo, alpha=cfg.out_beta)
                     lam_io = torch.add(lam_vo, lam_io, alpha=cfg.out_alpha, out=lam_o[j])
             d_out.addmm_(zs[-1][1:].reshape(c * b, -1).t(), lam_o.reshape(c * b, -1))
-            lam_up, w_up = lam_o, w_out
+            lam_up, w_up = lam_o, r_out
             for l in range(n_l - 1, -1, -1):
-                n, r = sizes[l], rec[l]
+                n, r = sizes[l], r_rec[l]
                 _, spk, c1, c2, over = chunks[l]
                 if cfg.subtract:  # V_k = min(U_k - thr, cap) keeps dL/dV_k where the cap is not hit
                     keep = torch.where(spk, (over < cfg.cap).to(dt), 1.0)
@@ -316,14 +346,14 @@ class EventPropFunction(torch.autograd.Function):
                 d_ff[l].addmm_(pre.reshape(c * b, -1).t(), lam.reshape(c * b, -1))
                 if r is not None:
                     d_rec[l].addmm_(zs[l][:-1].reshape(c * b, -1).t(), lam.reshape(c * b, -1))  # type: ignore[union-attr]
-                lam_up, w_up = lam, ff[l]
+                lam_up, w_up = lam, r_ff[l]
         grads: list[Tensor] = []
         for l in range(n_l):
             grads.append(d_ff[l].t().contiguous())
             if rec[l] is not None:
                 grads.append(d_rec[l].t().contiguous())  # type: ignore[union-attr]
         grads.append(d_out.t().contiguous())
-        return (None, None, *grads)
+        return (None, None, *grads, *([None] * ctx.n_back))
 
 
 def _silent_logit(v_peak: Tensor, t: int, thr: float) -> Tensor:
@@ -336,9 +366,31 @@ def _silent_logit(v_peak: Tensor, t: int, thr: float) -> Tensor:
     return -float(t) * (2.0 - v_peak / thr)
 
 
-def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
-    """The same discretisation with autograd through every step (hard spikes, exact timing terms): BPTT."""
+class _Routed(torch.autograd.Function):
+    """``h @ w.T`` whose gradient to ``h`` goes through ``back`` instead of ``w`` (mlGeNN's float error routing)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, back: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(h, back)
+        return h @ w.t()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        h, back = ctx.saved_tensors
+        return g @ back, g.t() @ h, None
+
+
+def _mm(h: Tensor, w: Tensor, back: Tensor | None) -> Tensor:
+    return h @ w.t() if back is None else _Routed.apply(h, w, back.detach())
+
+
+def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor], back: Sequence[Tensor] | None = None) -> Tensor:
+    """The same discretisation with autograd through every step (hard spikes, exact timing terms): BPTT.
+
+    ``back`` (as in :class:`EventPropFunction`): weights that route the errors to the layer below.
+    """
     ff, rec, w_out = _split(ws, cfg)
+    b_ff, b_rec, b_out = _split(back, cfg) if back is not None else ([None] * cfg.n_layers, [None] * cfg.n_layers, None)
     b, t, _ = x.shape
     x = x.to(ff[0].dtype)
     I = [x.new_zeros(b, w.shape[0]) for w in ff]
@@ -354,9 +406,9 @@ def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
     for k in range(t):
         h = x[:, k]
         for l in range(cfg.n_layers):
-            a = h @ ff[l].t()
+            a = _mm(h, ff[l], b_ff[l])
             if rec[l] is not None:
-                a = a + z_prev[l] @ rec[l].t()
+                a = a + _mm(z_prev[l], rec[l], b_rec[l])
             I[l] = cfg.alpha * I[l] + a
             u = cfg.beta * V[l] + I[l]
             spk = (u >= cfg.thr).detach()
@@ -370,7 +422,7 @@ def reference_forward(x: Tensor, cfg: _Cfg, ws: Sequence[Tensor]) -> Tensor:
                 V[l] = torch.where(spk, torch.zeros_like(u), u)
             z_prev[l] = z
             h = z
-        io = cfg.out_alpha * io + h @ w_out.t()
+        io = cfg.out_alpha * io + _mm(h, w_out, b_out)
         vo_before = vo
         vo = cfg.out_beta * vo + io
         if cfg.ttfs:
@@ -415,7 +467,18 @@ class EventPropSNN(SpikingNetwork):
     ``chunk_steps`` time steps are held dense at once while the forward and backward passes run
     (transient memory ``chunk_steps x batch x neurons``; what is kept for the backward pass is the
     spikes only); the result does not depend on it.
+
+    Weight QAT (:meth:`quantize_weights`, one scale per connection by default as in mlGeNN's
+    EventProp compiler): ``error_routing="quantized"`` (default) sends the errors to the layer
+    below through ``Q(w)``, ``"float"`` through the float shadow weights (mlGeNN's ``gBack``);
+    ``gradient_timing="same_batch"`` (default) applies each batch's gradient at its own step,
+    ``"mlgenn"`` one batch late (``train_eventprop``; see the module docstring for mlGeNN's exact behaviour).
     """
+
+    # class defaults: models pickled before these options existed read as lowbit's behaviour
+    error_routing: str = "quantized"
+    gradient_timing: str = "same_batch"
+    default_scope = "connection"  # lowbit.quantize's scope when the config names none (mlGeNN's EventProp: per connection)
 
     def __init__(
         self,
@@ -437,6 +500,8 @@ class EventPropSNN(SpikingNetwork):
         out_init_scale: float = 1.0,
         method: str = "eventprop",
         chunk_steps: int = 32,
+        error_routing: str = "quantized",
+        gradient_timing: str = "same_batch",
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -448,6 +513,10 @@ class EventPropSNN(SpikingNetwork):
             raise ValueError(f"reset must be one of {EP_RESETS}, got {reset!r}")
         if method not in ("eventprop", "bptt"):
             raise ValueError(f"method must be 'eventprop' or 'bptt', got {method!r}")
+        if error_routing not in ERROR_ROUTINGS:
+            raise ValueError(f"error_routing must be one of {ERROR_ROUTINGS}, got {error_routing!r}")
+        if gradient_timing not in GRADIENT_TIMINGS:
+            raise ValueError(f"gradient_timing must be one of {GRADIENT_TIMINGS}, got {gradient_timing!r}")
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {threshold!r}")
         for name, v in (("init_scale", init_scale), ("init_mean", init_mean), ("out_init_scale", out_init_scale)):
@@ -466,6 +535,8 @@ class EventPropSNN(SpikingNetwork):
                         chunk_steps)
         self.recurrent = bool(recurrent)
         self.method = method
+        self.error_routing = error_routing  # read at every forward pass
+        self.gradient_timing = gradient_timing  # read by train_eventprop (the optimizer step is the loop's)
         self.dt = float(dt)  # the step the decays were computed for (NIR export turns them back into time constants)
         g = torch.Generator().manual_seed(seed)
 
@@ -485,7 +556,9 @@ class EventPropSNN(SpikingNetwork):
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"sizes={self.sizes}, recurrent={self.recurrent}, alpha={c.alpha:.4g}, beta={c.beta:.4g}, "
-                f"threshold={c.thr:g}, reset={'subtract' if c.subtract else 'zero'!r}, readout={c.readout!r}, method={self.method!r}")
+                f"threshold={c.thr:g}, reset={'subtract' if c.subtract else 'zero'!r}, readout={c.readout!r}, method={self.method!r}"
+                + (f", error_routing={self.error_routing!r}" if self.error_routing != "quantized" else "")
+                + (f", gradient_timing={self.gradient_timing!r}" if self.gradient_timing != "same_batch" else ""))
 
     def recurrent_param(self, k: int) -> str | None:
         """Hidden layer ``k``'s recurrent weights (``rec.<k>``) when the network is recurrent."""
@@ -497,9 +570,16 @@ class EventPropSNN(SpikingNetwork):
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or Inf values")
         ws = list(self.effective_weights().values())  # once per forward pass (= per batch), not per step
+        back = None
+        if self.error_routing == "float" and self.weight_quant is not None:  # mlGeNN: errors through gBack
+            back = list(self.connections().values())
         if self.method == "bptt":
-            return reference_forward(x, self.cfg, ws)
-        return EventPropFunction.apply(x, self.cfg, *ws)
+            return reference_forward(x, self.cfg, ws, back)
+        return EventPropFunction.apply(x, self.cfg, *ws, *(back or ()))
+
+    def quantize_weights(self, spec: str | None = "fxp8:p99", scope: str = "connection") -> "EventPropSNN":
+        """Fake-quantize weights with ``spec``, one scale per connection (mlGeNN's EventProp default) or per population."""
+        return super().quantize_weights(spec, scope)  # type: ignore[return-value]
 
     @torch.no_grad()
     def record_spikes(self, x: Tensor) -> list[Tensor]:

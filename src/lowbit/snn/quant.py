@@ -1,12 +1,15 @@
 """Quantization for spiking networks: weights per connection or per population, and neuron states.
 
-Weights (mlGeNN semantics, without its one-batch lag). :class:`WeightQuant` holds
+Weights (mlGeNN PR #88's semantics: ``g <- Q(gBack)`` at the start of every batch). :class:`WeightQuant` holds
 one :class:`~lowbit.Quantizer` per *group*: a connection (``scope="connection"``)
 or every connection into one population (``scope="population"``: feed-forward and
 recurrent weights into a layer share one scale, ``Quantizer.fit([w_ff, w_rec])``).
 At every forward pass it refits each group's scale to the current float shadow
 weights and returns ``Q(w)`` with a straight-through gradient, once for the whole
-sequence (never per time step); the optimizer steps the shadow weights. Groups
+sequence (never per time step); the optimizer steps the shadow weights. (mlGeNN's
+EventProp applies each gradient one batch late and routes errors through the float
+weights: :class:`~lowbit.snn.eventprop.EventPropSNN`'s ``gradient_timing`` and
+``error_routing``; its default scope is mlGeNN's EventProp one, per connection.) Groups
 whose weights are all frozen (``requires_grad=False``) are quantized once and
 cached until their values change.
 

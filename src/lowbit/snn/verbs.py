@@ -10,9 +10,11 @@ same five calls as a CNN::
     lowbit.save(lowbit.convert(q), "snn.lowbit"); lowbit.load("snn.lowbit", model=SNN(...))
 
 The config: its ``scope`` token chooses the groups that share a scale — ``population``
-(the default; every connection into one population: ``hidden<k>`` takes ``fc<k>`` and
-``rec<k>``, ``out`` takes ``out``) or ``connection`` (``fc<k>``, ``rec<k>``, ``out`` each on
-their own). Rule patterns are globs over those group names (``*``, ``hidden0``, ``rec*``; last
+(every connection into one population: ``hidden<k>`` takes ``fc<k>`` and ``rec<k>``, ``out``
+takes ``out``) or ``connection`` (``fc<k>``, ``rec<k>``, ``out`` each on their own). A config
+string without a ``scope`` token takes the model's ``default_scope``: ``population`` for
+``SNN``, ``connection`` for ``EventPropSNN`` (mlGeNN's EventProp compiler quantizes per
+connection); a ``QuantConfig`` object keeps its own. Rule patterns are globs over those group names (``*``, ``hidden0``, ``rec*``; last
 match wins; ``none`` keeps a group float); a pattern that names no group is an error that
 lists them. Spiking networks send spikes, not activations: activation rules and type
 patterns are errors. Weight scales are refitted to the float shadow weights at every forward
@@ -27,9 +29,11 @@ groups, specs and state-quantizer kinds in the ``lowbit.snn`` metadata record.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import json
 import os
+import re
 import warnings
 from typing import Iterable, Mapping
 
@@ -57,9 +61,18 @@ def _check_model(model: object) -> SpikingNetwork:
     return model
 
 
+def _config_for(model: SpikingNetwork, config: "QuantConfig | str | Mapping") -> QuantConfig:
+    """The config, with the model's default scope where a config string names none (EventProp: per connection)."""
+    cfg = as_config(config)  # type: ignore[arg-type]
+    default = getattr(model, "default_scope", "population")
+    if isinstance(config, str) and cfg.scope != default and not re.search(r"(^|[,\s])scope\s*=", config, re.IGNORECASE):
+        cfg = dataclasses.replace(cfg, scope=default)
+    return cfg
+
+
 def weight_groups(model: SpikingNetwork, config: "QuantConfig | str | Mapping") -> tuple[dict[str, list[str]], dict[str, str]]:
     """The config's (groups that share a scale, spec per quantized group) for ``model``; float groups are left out."""
-    cfg = as_config(config)  # type: ignore[arg-type]
+    cfg = _config_for(model, config)
     if any(spec is not None for spec in cfg.acts.values()):
         raise ValueError(f"config {str(cfg)!r}: spiking networks send spikes, not activations; drop the activation rules "
                          "(quantize neuron states with set_state_quant)")
@@ -91,7 +104,7 @@ class SpikingVerbs:
 
     def _quantize(self, model: nn.Module, config: object, stage: str, inplace: bool) -> SpikingNetwork:
         model = _check_model(model)
-        cfg = as_config(config)  # type: ignore[arg-type]
+        cfg = _config_for(model, config)
         if model.weight_quant is not None:
             raise ValueError("model is already quantized; start again from the float model")
         groups, specs = weight_groups(model, cfg)
