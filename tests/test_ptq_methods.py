@@ -213,7 +213,7 @@ def test_sensitivity_and_mixed_precision_on_a_small_model() -> None:
 def test_sensitivity_command_prints_the_table(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     from lowbit.cli import main
 
-    assert main(["sensitivity", "--epochs", "1", "--bits", "8,2", "--budget", "4", "--no-plots", "--out", str(tmp_path),
+    assert main(["sensitivity", "--model", "mlp", "--epochs", "1", "--bits", "8,2", "--budget", "4", "--no-plots", "--out", str(tmp_path),
                  "--progress", "none"]) == 0
     out = capsys.readouterr().out
     assert "| features.0 |" in out and "mixed precision at <= 4 bits/weight" in out

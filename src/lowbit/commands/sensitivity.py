@@ -19,12 +19,13 @@ HELP = "per-layer sensitivity to weight quantization (8/4/3/2 bits) and a mixed-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``lowbit sensitivity``."""
-    p.add_argument("checkpoint", nargs="?", default=None, help="a float model saved by 'lowbit train' (default: train the digits VGG)")
+    p.add_argument("checkpoint", nargs="?", default=None, help="a float model saved by 'lowbit train' (default: train --model on --data)")
     add_common(p, data_from_checkpoint=True)
     p.add_argument("--bits", default="8,4,3,2", help="comma-separated bit widths (default: 8,4,3,2)")
     p.add_argument("--budget", type=float, default=3.0, help="average weight bits for the mixed-precision config (default: 3)")
     p.add_argument("--method", default="nearest", choices=("nearest", "gptq", "adaround"),
                    help="PTQ rounding for the measurements and the mixed model (default: nearest)")
+    p.add_argument("--model", default="vgg", help="reference model to train when no checkpoint is given (default: vgg)")
     p.add_argument("--epochs", type=int, default=15, help="float training epochs when no checkpoint is given (default: 15)")
     add_out(p, "reports/sensitivity", "report folder")
     add_no_plots(p)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = args.data or "digits"
         ds = get_dataset(data)
-        model = build_model("vgg", ds.input_shape, ds.num_classes)
+        model = build_model(args.model, ds.input_shape, ds.num_classes)
         fit(model, loader(ds.train, 64, shuffle=True, seed=args.seed), epochs=args.epochs, lr=3e-3, desc="float")
     model.eval()
     test = loader(ds.test, 256)
