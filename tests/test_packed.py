@@ -49,6 +49,9 @@ def test_saved_file_is_packed_size_and_loads_equal(tmp_path) -> None:
     x = torch.randn(3, 1024)
     assert torch.equal(back(x), c(x))
     assert "0.weight" not in back.state_dict()
+    fast = lowbit.load(p, model=f, kernels="auto")
+    assert fast[0].kernel is not None and fast[0].kernel.name == "int4"
+    assert torch.equal(fast[0].qweight.data, c[0].qweight.data)
 
 
 def test_old_file_with_float_weight_beside_codes_loads(tmp_path) -> None:

@@ -373,9 +373,10 @@ def read_metadata(path: "str | os.PathLike[str]") -> dict[str, str]:
 
 
 def load(
-    path: "str | os.PathLike[str]", model: nn.Module | None = None, *, builder: "str | Callable[..., nn.Module] | None" = None
+    path: "str | os.PathLike[str]", model: nn.Module | None = None, *, builder: "str | Callable[..., nn.Module] | None" = None,
+    kernels: str = "exact",
 ) -> nn.Module:
-    """Rebuild a model written by :func:`save`, with identical outputs.
+    """Rebuild a model written by :func:`save`, with identical outputs (``kernels="auto"``: as ``convert``'s).
 
     Reference and zoo models (``lowbit.models``) rebuild by name from a fixed registry;
     for any other model pass ``model=`` a float instance of the same architecture (its
@@ -384,6 +385,10 @@ def load(
     builds one. A file never makes lowbit import or run code it names: only the
     caller's ``builder=`` is imported.
     """
+    from .nn.kernels import KERNEL_MODES
+
+    if kernels not in KERNEL_MODES:
+        raise ValueError(f"kernels must be one of {KERNEL_MODES}, got {kernels!r}")
     if builder is not None:
         if model is not None:
             raise ValueError("pass either model= or builder=, not both")
@@ -480,4 +485,6 @@ def load(
         a.tracking = stage == "qat" and not a.learned
     set_info(model, saved, folded=folded, arch=arch)
     model.train(stage == "qat")
+    if kernels == "auto" and stage == "converted":
+        use_kernels(model)
     return model
