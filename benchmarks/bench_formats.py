@@ -20,7 +20,8 @@ import torch
 
 from _timing import wall_times  # benchmarks/ is on sys.path when a script runs
 
-from lowbit.codebooks import bits_per_param, build_quantizer, double_quantize
+from lowbit.qtensor_storage import bits_per_param, double_quantize
+from lowbit.quantizers import build_quantizer
 
 # (label, spec, bits, extra): extra is "dq" (double-quantized scales), "trits" (base-3 packing)
 # or "e8m0" (power-of-two scales stored as 8-bit exponents)

@@ -301,7 +301,7 @@ def section_nf4(t: Table, args: argparse.Namespace) -> None:
         from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
 
     import lowbit
-    from lowbit.codebooks import double_quantize
+    from lowbit.qtensor_storage import double_quantize
 
     torch.set_num_threads(args.threads_big)
     n = int(args.nf4_size)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from lowbit.codebooks import build_quantizer
 from lowbit.nn.act import PACT, ActQuant
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quantizer import quantizer
+from lowbit.quantizers import build_quantizer
 from lowbit.targets.cim import (
     CrossbarArray, CrossbarConfig, CrossbarLayer, adc, combine_slices, crossbar_layers, simulate, slice_codes, tile_layout,
 )  # fmt: skip

@@ -149,7 +149,7 @@ def test_lsq_gradients_at_the_clip_levels_and_for_one_input():
 
 
 def test_lsq_follows_changes_to_shape_granularity_step_and_levels():
-    from lowbit.codebooks import LearnedCodebook
+    from lowbit.formats import LearnedCodebook
     from lowbit.ranges import Granularity
 
     w = torch.randn(6, 10, generator=_gen(8))

@@ -13,7 +13,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import lowbit  # noqa: E402
-from lowbit.codebooks import nf4_levels  # noqa: E402
+from lowbit.formats import nf4_levels  # noqa: E402
 from lowbit.data.images import loader  # noqa: E402
 from lowbit.targets.onnx_export import export_onnx, onnx_ops, run_onnx, to_onnx  # noqa: E402
 

@@ -65,7 +65,8 @@ def requires(args: argparse.Namespace) -> tuple[str, ...]:
 
 def use_dorefa(model: nn.Module) -> nn.Module:
     """Give every ``dorefa<k>`` weight the DoReFa quantizer (tanh normalisation), in place."""
-    from lowbit.codebooks import DoReFaCodebook, DoReFaQuantizer, build_quantizer
+    from lowbit.formats import DoReFaCodebook
+    from lowbit.quantizers import DoReFaQuantizer, build_quantizer
     from lowbit.nn.layers import QuantLayer
 
     for m in model.modules():
