@@ -11,9 +11,11 @@ nothing is downloaded. Rasters are float tensors [samples, time, units].
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,21 +161,16 @@ def events_to_rasters(events: np.ndarray, nb_steps: int, nb_units: int) -> Tenso
     return out
 
 
-def randman_raster(
-    nb_classes: int = 10,
-    nb_units: int = 100,
-    nb_steps: int = 100,
-    step_frac: float = 1.0,
-    dim_manifold: int = 2,
-    nb_spikes: int = 1,
-    nb_samples: int = 1000,
-    alpha: float = 2.0,
-    shuffle: bool = True,
-    seed: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """Randman as spike rasters [N, nb_steps, nb_units] and labels [N] (long)."""
-    ev, lab = randman(nb_classes, nb_units, nb_steps, step_frac, dim_manifold, nb_spikes, nb_samples, alpha, shuffle, seed)
-    return events_to_rasters(ev, nb_steps, nb_units), torch.as_tensor(lab)
+def randman_raster(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """Randman as spike rasters [N, nb_steps, nb_units] and labels [N] (long); the arguments are :func:`randman`'s."""
+    a = inspect.signature(randman).bind(*args, **kwargs)  # one parameter list, kept in randman
+    a.apply_defaults()
+    ev, lab = randman(*a.args, **a.kwargs)
+    return events_to_rasters(ev, a.arguments["nb_steps"], a.arguments["nb_units"]), torch.as_tensor(lab)
+
+
+# help() and editors show randman's parameters, not (*args, **kwargs)
+randman_raster.__signature__ = inspect.signature(randman).replace(return_annotation="tuple[Tensor, Tensor]")  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- Yin-Yang
