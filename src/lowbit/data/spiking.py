@@ -11,7 +11,6 @@ nothing is downloaded. Rasters are float tensors [samples, time, units].
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..signatures import parameters_of
 from .encoders import latency_encode, rate_encode
 
 __all__ = [
@@ -161,16 +161,11 @@ def events_to_rasters(events: np.ndarray, nb_steps: int, nb_units: int) -> Tenso
     return out
 
 
-def randman_raster(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+@parameters_of(randman)  # one parameter list, kept in randman
+def randman_raster(**a: Any) -> tuple[Tensor, Tensor]:
     """Randman as spike rasters [N, nb_steps, nb_units] and labels [N] (long); the arguments are :func:`randman`'s."""
-    a = inspect.signature(randman).bind(*args, **kwargs)  # one parameter list, kept in randman
-    a.apply_defaults()
-    ev, lab = randman(*a.args, **a.kwargs)
-    return events_to_rasters(ev, a.arguments["nb_steps"], a.arguments["nb_units"]), torch.as_tensor(lab)
-
-
-# help() and editors show randman's parameters, not (*args, **kwargs)
-randman_raster.__signature__ = inspect.signature(randman).replace(return_annotation="tuple[Tensor, Tensor]")  # type: ignore[attr-defined]
+    ev, lab = randman(**a)
+    return events_to_rasters(ev, a["nb_steps"], a["nb_units"]), torch.as_tensor(lab)
 
 
 # --------------------------------------------------------------------------- Yin-Yang

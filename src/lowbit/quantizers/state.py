@@ -9,7 +9,7 @@ as a plain :class:`Quantizer` (encodes to QTensors, saves with a model);
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,25 +17,20 @@ from torch import Tensor, nn
 from ..formats import Codebook, state_levels
 from ..formats.lut import Table
 from ..ranges import Fixed
+from ..signatures import parameters_of
 from .base import Quantizer
 
 __all__ = ["state_quantizer", "StateQuantizer"]
 
 
-def state_quantizer(
-    kind: str,
-    num_bits: int,
-    threshold: float = 1.0,
-    lower_limit: float = 0.0,
-    upper_limit: float = 0.2,
-    multiplier: float | None = None,
-) -> Quantizer:
+@parameters_of(state_levels)  # kind, num_bits, threshold, lower_limit, upper_limit, multiplier
+def state_quantizer(**a: Any) -> Quantizer:
     """A ready-to-call state quantizer: nearest absolute level, scale 1 frozen, straight-through gradient.
 
     A plain :class:`Quantizer` (encodes to QTensors, saves with a model). Inside neurons' time loops
     prefer :func:`lowbit.snn.state_quantizer`: the same levels and rounding, and it counts clipped states.
     """
-    fmt = state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier)
+    fmt = state_levels(**a)
     return Quantizer(fmt, Fixed()).fit(fmt.levels)
 
 

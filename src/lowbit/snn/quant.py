@@ -30,7 +30,7 @@ Files: ``lowbit.save`` / ``lowbit.load`` (:mod:`lowbit.snn.verbs`). ``save_check
 from __future__ import annotations
 
 import importlib
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,7 @@ from ..quantizers.state import StateQuantizer
 from ..ranges.state import calibrate_state_range
 from ..qtensor import QTensor
 from ..quantizer import Quantizer, quantizer
+from ..signatures import parameters_of
 
 __all__ = [
     "WeightQuant",
@@ -212,36 +213,21 @@ class QuantizedConnections:
 # and the calibration (lowbit.ranges.calibrate_state_range, also the ``state`` range).
 
 
-def state_levels(
-    kind: str,
-    num_bits: int,
-    threshold: float = 1.0,
-    lower_limit: float = 0.0,
-    upper_limit: float = 0.2,
-    multiplier: float | None = None,
-) -> Tensor:
+@parameters_of(_cb_state_levels)  # kind, num_bits, threshold, lower_limit, upper_limit, multiplier
+def state_levels(**a: Any) -> Tensor:
     """Sorted state levels in ``[-thr(1+lower_limit), thr(1+upper_limit)]`` (snnTorch's construction), as a tensor.
 
     ``uniform``: ``2^b`` evenly spaced levels, both ends included; ``thr`` / ``zero``:
     exponentially spaced, densest next to the threshold / zero. The level sets are
     :func:`lowbit.formats.state_levels`'s (one construction in the project).
     """
-    if kind not in STATE_KINDS:
-        raise ValueError(f"kind must be one of {STATE_KINDS}, got {kind!r}")
-    return _cb_state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier).levels.clone()
+    return _cb_state_levels(**a).levels.clone()  # it checks kind and every limit
 
 
-def state_quantizer(
-    kind: str,
-    num_bits: int,
-    threshold: float = 1.0,
-    lower_limit: float = 0.0,
-    upper_limit: float = 0.2,
-    multiplier: float | None = None,
-) -> StateQuantizer:
+@parameters_of(_cb_state_levels)
+def state_quantizer(**a: Any) -> StateQuantizer:
     """A ready state quantizer (``uniform``, ``thr`` or ``zero``-centred levels); defaults = snnTorch's."""
-    fmt = _cb_state_levels(kind, num_bits, threshold, lower_limit, upper_limit, multiplier)
-    return StateQuantizer(fmt, kind=kind, num_bits=num_bits)
+    return StateQuantizer(_cb_state_levels(**a), kind=a["kind"], num_bits=a["num_bits"])
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,36 @@
+"""lowbit.signatures.parameters_of: a wrapper takes its source's parameters, written once."""
+import inspect
+
+import pytest
+
+from lowbit.signatures import parameters_of
+
+
+def _source(a: int, b: float = 2.0, *, c: str = "x") -> str:
+    return f"{a}{b}{c}"
+
+
+@parameters_of(_source)
+def _wrapper(**kw: object) -> dict:
+    return kw
+
+
+def test_calls_bind_to_the_source_parameters_with_its_defaults():
+    assert _wrapper(1) == {"a": 1, "b": 2.0, "c": "x"}
+    assert _wrapper(1, 3.0, c="y") == {"a": 1, "b": 3.0, "c": "y"}
+    assert _wrapper(b=5.0, a=4) == {"a": 4, "b": 5.0, "c": "x"}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'd'"):
+        _wrapper(1, d=2)
+    with pytest.raises(TypeError, match="missing a required argument: 'a'"):
+        _wrapper()
+
+
+def test_the_wrapper_shows_the_source_parameters_and_its_own_return_and_doc():
+    sig = inspect.signature(_wrapper)
+    assert list(sig.parameters) == ["a", "b", "c"] and sig.parameters["b"].default == 2.0
+    assert sig.return_annotation is dict and _wrapper.__name__ == "_wrapper"
+
+
+def test_a_source_with_star_args_is_refused():
+    with pytest.raises(TypeError, match="source must take only named parameters"):
+        parameters_of(lambda *a: a)
