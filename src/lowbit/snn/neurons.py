@@ -51,6 +51,11 @@ def decay(value: float | None, tau: float | None, dt: float, name: str, tau_name
     return float(value)
 
 
+def _membrane_decay(beta: float | None, tau_mem: float | None, dt: float) -> float:
+    # LIF and LI: neither given means snnTorch's default, beta = 0.9
+    return decay(0.9 if beta is None and tau_mem is None else beta, tau_mem, dt, "beta", "tau_mem")
+
+
 def _check_seq(x: Tensor, n: int | None, name: str = "x") -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -113,9 +118,7 @@ class LIF(nn.Module):
         syn_quant: StateQuant | None = None,
     ) -> None:
         super().__init__()
-        if beta is None and tau_mem is None:
-            beta = 0.9
-        self.beta = decay(beta, tau_mem, dt, "beta", "tau_mem")
+        self.beta = _membrane_decay(beta, tau_mem, dt)
         self.alpha = None if alpha is None and tau_syn is None else decay(alpha, tau_syn, dt, "alpha", "tau_syn")
         if size is not None and (not isinstance(size, int) or size < 1):
             raise ValueError(f"size must be a positive int, got {size!r}")
@@ -268,9 +271,7 @@ class LI(nn.Module):
         readout: str = "mean",
     ) -> None:
         super().__init__()
-        if beta is None and tau_mem is None:
-            beta = 0.9
-        self.beta = decay(beta, tau_mem, dt, "beta", "tau_mem")
+        self.beta = _membrane_decay(beta, tau_mem, dt)
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.size = size
