@@ -133,3 +133,59 @@ def test_inspect_reports_format_bits_bytes_and_kernel(capsys) -> None:
     assert "int4" in capsys.readouterr().out
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         lowbit.inspect("model")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the decode: one look-up pass from the packed bytes
+
+def _decode_as_before(qt: lowbit.QTensor) -> torch.Tensor:
+    # the decode before unpack_lookup: unpack to codes, fmt.decode, subtract, scale
+    v = qt.fmt.decode(qt.codes())
+    if qt.zero_point is not None:
+        v = v - qt.zero_point.float()[:, None]
+    return qt.granularity.from_rows(v * qt.scale[:, None], qt.shape)
+
+
+@pytest.mark.parametrize("chunk", [24, 1 << 15])  # 24: many ragged chunks, each code path's seams
+def test_dequantize_equals_the_previous_decode_for_every_format(chunk: int, monkeypatch) -> None:
+    from lowbit.formats import Uniform, format_examples, format_from_spec
+    from lowbit.packing import unpack_lookup  # noqa: F401  (the path under test)
+    from lowbit.ranges import Granularity
+
+    monkeypatch.setattr(lowbit.packing, "_CHUNK", chunk)
+    g = torch.Generator().manual_seed(3)
+    cases = [((24, 40), "tensor"), ((24, 40), "channel0"), ((24, 40), "channel1"), ((24, 40), "group8"), ((7, 9), "channel0")]
+    for token in format_examples():
+        fmt = format_from_spec(token)
+        n_codes = fmt.qmax - fmt.qmin + 1 if isinstance(fmt, Uniform) else fmt.levels.numel()
+        for shape, gran in cases:
+            gr, shape = Granularity.from_spec(gran), torch.Size(shape)
+            ns = gr.n_slices(shape)
+            codes = torch.randint(0, n_codes, (shape.numel(),), generator=g)
+            scale = torch.rand(ns, generator=g) + 0.01
+            zps = [None, torch.randint(-3, 4, (ns,), generator=g)] if isinstance(fmt, Uniform) else [None]
+            for zp in zps:
+                qt = lowbit.QTensor.from_codes(codes, scale, zp, fmt, gr, shape)
+                new, old = qt.dequantize(), _decode_as_before(qt)
+                assert new.dtype == old.dtype == torch.float32 and new.shape == shape
+                assert torch.equal(new, old), (token, gran, zp is not None)
+
+
+def test_unpack_lookup_equals_table_at_unpacked_codes_and_checks_its_input() -> None:
+    from lowbit.packing import pack, unpack, unpack_lookup
+
+    g = torch.Generator().manual_seed(4)
+    table = torch.randn(256, generator=g)
+    for bits in range(1, 9):
+        for n in (0, 1, 7, 8, 9, 1001):
+            data = pack(torch.randint(0, 2**bits, (n,), generator=g), bits)
+            want = table[: 2**bits][unpack(data, bits, n).long()]
+            assert torch.equal(unpack_lookup(data, bits, n, table), want)
+    i16 = torch.arange(16, dtype=torch.int16) * 7  # an integer table: 2-byte entries, other word widths
+    data = pack(torch.arange(16), 4)
+    assert torch.equal(unpack_lookup(data, 4, 16, i16), i16)
+    with pytest.raises(ValueError, match="bits must be at most 8"):
+        unpack_lookup(data, 9, 16, table)
+    with pytest.raises(ValueError, match="table must be a 1-D tensor with at least 16"):
+        unpack_lookup(data, 4, 16, table[:8])
+    with pytest.raises(ValueError, match="packed data holds 8 bytes"):
+        unpack_lookup(data, 4, 17, table)

@@ -99,6 +99,67 @@ def unpack(data: Tensor, bits: int, n: int) -> Tensor:
     return out[:n]
 
 
+
+__all__ += ["unpack_lookup"]
+
+# Values per CPU chunk of unpack_lookup: a chunk's index temporaries stay in cache,
+# so only the output is written to main memory, and each op stays under ATen's
+# parallel grain (32768): a thread team per small op costs more than the op on a
+# busy machine (measured 5-10x slower at 2^17), serial chunks do not.
+_CHUNK = 1 << 15
+
+
+def _byte_table(table: Tensor, bits: int) -> Tensor:
+    # byte value -> the 8 // bits table entries its codes select, low code first;
+    # rows of 1, 2, 4 or 8 bytes are viewed as one integer word so one gather moves a whole row
+    per = 8 // bits
+    b = torch.arange(256, device=table.device)
+    rows = torch.stack([table[(b >> (j * bits)) & ((1 << bits) - 1)] for j in range(per)], dim=1)
+    width = per * rows.element_size()
+    word = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(width)
+    return rows.view(word).reshape(256) if word is not None else rows.view(torch.int64)
+
+
+def unpack_lookup(data: Tensor, bits: int, n: int, table: Tensor) -> Tensor:
+    """``table[code]`` for the ``n`` codes of ``bits`` (<= 8) bits packed in ``data``, without an int64 code tensor.
+
+    Equal to ``table[unpack(data, bits, n).long()]``; ``table`` is 1-D with at least ``2**bits`` entries.
+    """
+    _check(bits)
+    if bits > 8:
+        raise ValueError(f"bits must be at most 8 for a table look-up, got {bits}")
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        raise ValueError("data must be a 1-D uint8 tensor")
+    if data.numel() != packed_nbytes(n, bits):
+        raise ValueError(
+            f"packed data holds {data.numel()} bytes, but {n} codes of {bits} bits need {packed_nbytes(n, bits)}"
+        )
+    if not isinstance(table, Tensor) or table.dim() != 1 or table.numel() < 2**bits:
+        raise ValueError(f"table must be a 1-D tensor with at least {2**bits} entries")
+    table = table[: 2**bits].to(data.device).contiguous()
+    # one Python step per chunk on the CPU (cache-sized temporaries); one step on an accelerator
+    step = _CHUNK if data.device.type == "cpu" else max(1, data.numel())
+    if bits in (1, 2, 4, 8):
+        per = 8 // bits
+        words = _byte_table(table, bits)
+        out = torch.empty((data.numel(),) + words.shape[1:], dtype=words.dtype, device=data.device)
+        step = max(1, step // per)
+        for s in range(0, data.numel(), step):
+            torch.index_select(words, 0, data[s : s + step].to(torch.int32), out=out[s : s + step])
+        return out.view(table.dtype).reshape(-1)[:n]
+    # 3, 5, 6, 7 bits: 8 codes fill `bits` whole bytes; read them as one little-endian word
+    groups = data.view(-1, bits)
+    wide = torch.int32 if bits * 8 < 32 else torch.int64
+    shifts = torch.arange(0, 8 * bits, bits, dtype=wide, device=data.device)
+    place = torch.arange(0, 8 * bits, 8, dtype=wide, device=data.device)
+    out = torch.empty(groups.shape[0], 8, dtype=table.dtype, device=data.device)
+    step = max(1, step // 8)
+    for s in range(0, groups.shape[0], step):
+        word = (groups[s : s + step].to(wide) << place).sum(dim=1, dtype=wide)
+        codes = (word[:, None] >> shifts) & ((1 << bits) - 1)
+        torch.index_select(table, 0, codes.reshape(-1), out=out[s : s + step].view(-1))
+    return out.reshape(-1)[:n]
+
 # --------------------------------------------------------------------------- base-3 (trits)
 
 __all__ += ["pack_trits", "unpack_trits", "packed_trits_nbytes"]

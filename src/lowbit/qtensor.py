@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .formats import Codebook, Format, Uniform, format_from_spec
-from .packing import pack, packed_nbytes, unpack
+from .packing import pack, packed_nbytes, unpack, unpack_lookup
 from .ranges import Granularity
 
 __all__ = ["QTensor", "save_qtensors", "load_qtensors", "FILE_VERSION"]
@@ -108,10 +108,17 @@ class QTensor:
 
     def dequantize(self) -> Tensor:
         """Float values ``(level - zero_point) * scale`` in the original shape."""
-        v = self.fmt.decode(self.codes())
+        table = _level_table(self.fmt)
+        if table is None:  # codes wider than a byte: decode the unpacked codes
+            v = self.fmt.decode(self.codes())
+        else:  # one look-up pass from the packed bytes; the result is the only float-sized tensor made
+            v = unpack_lookup(self.data, self.bits, self.numel, table).view(self.scale.numel(), -1)
         if self.zero_point is not None:
-            v = v - self.zero_point.float()[:, None]
-        return self.granularity.from_rows(v * self.scale[:, None], self.shape)
+            v = v.sub_(self.zero_point.float()[:, None])
+        s = self.scale[:, None]
+        # in place when that is what `v * s` would give (same dtype); else promote as it would
+        v = v.mul_(s) if s.dtype == v.dtype and table is not None else v * s
+        return self.granularity.from_rows(v, self.shape)
 
     def __repr__(self) -> str:
         return (
@@ -163,6 +170,17 @@ class QTensor:
         if scale.numel() != gran.n_slices(shape):
             raise ValueError(f"entry {name!r}: {scale.numel()} scales do not fit granularity {gran.spec!r}")
         return cls(data, scale, get(f"{name}/zero_point"), fmt, gran, shape)
+
+
+def _level_table(fmt: Format) -> Tensor | None:
+    # code -> fmt.decode(code) for every code the storage bits can hold; None above 8 bits
+    bits = fmt.bits
+    if bits > 8:
+        return None
+    if isinstance(fmt, Codebook):
+        lv = fmt.decode(torch.arange(min(2**bits, fmt.levels.numel())))
+        return torch.cat([lv, lv.new_full((2**bits - lv.numel(),), float("nan"))])  # codes past the levels: NaN
+    return fmt.decode(torch.arange(2**bits))
 
 
 def _codebook_from(spec: str, levels: Tensor) -> Format:
