@@ -3,7 +3,7 @@ import inspect
 
 import pytest
 
-from lowbit.signatures import parameters_of
+from lowbit.signatures import keywords_of, parameters_of
 
 
 def _source(a: int, b: float = 2.0, *, c: str = "x") -> str:
@@ -34,3 +34,23 @@ def test_the_wrapper_shows_the_source_parameters_and_its_own_return_and_doc():
 def test_a_source_with_star_args_is_refused():
     with pytest.raises(TypeError, match="source must take only named parameters"):
         parameters_of(lambda *a: a)
+
+
+def _step(x: int, *, scale: float = 1.0, name: str = "n") -> str:
+    return f"{name}:{x * scale}"
+
+
+@keywords_of(_step)
+def _front(a: int, *, offset: int = 0, **kw: object) -> str:
+    return _step(a + offset, **kw)
+
+
+def test_keywords_of_adds_the_source_keywords_checked_and_defaulted():
+    assert _front(1) == "n:1.0" and _front(1, offset=2, scale=2.0, name="m") == "m:6.0"
+    assert list(inspect.signature(_front).parameters) == ["a", "offset", "scale", "name"]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'scal'"):
+        _front(1, scal=2.0)
+    with pytest.raises(TypeError, match=r"f must take named parameters and \*\*kwargs"):
+        keywords_of(_step)(lambda a: a)
+    with pytest.raises(TypeError, match=r"both define \['scale'\]"):
+        keywords_of(_step)(lambda a, *, scale=1, **kw: a)

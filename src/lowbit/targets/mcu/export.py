@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from torch import Tensor, nn
 
 from ...fileio import FILE_MODE, atomic_dir, atomic_path
 from ...packing import pack
+from ...signatures import keywords_of
 from .lower import ComputeOp, IntProgram, PoolOp, lower
 from .report import MemoryReport, arena_layout, memory_report, row_bytes
 
@@ -261,6 +262,7 @@ def export_program(
     return ExportResult(program, report, _write_atomic(Path(out_dir), files))
 
 
+@keywords_of(export_program)  # one list of the file options, kept in export_program
 def export(
     model: nn.Module,
     out_dir: "str | os.PathLike[str]",
@@ -268,17 +270,14 @@ def export(
     calib: "Tensor | np.ndarray | Iterable[object] | None" = None,
     shift: str = "static",
     ternary: str = "base3",
-    name: str = "lowbit_model",
-    prefix: str = "lowbit",
-    harness: bool = False,
-    flash: "str | int | None" = None,
-    ram: "str | int | None" = None,
-    target: str | None = None,
+    **options: Any,
 ) -> ExportResult:
     """Export a quantized model (PTQ, QAT or converted) as integer-only C; ``calib``: inputs for the activation ranges.
 
-    ``target`` (``host``, ``cortex-m0``, ``cortex-m4``, ``rv32imc``, ``rv32ec``) picks the harness
-    (semihosting file I/O on a microcontroller) and writes ``<name>_build.sh`` with the build line.
+    The other keywords are :func:`export_program`'s (``name``, ``prefix``, ``harness``, ``flash``,
+    ``ram``, ``target``). ``target`` (``host``, ``cortex-m0``, ``cortex-m4``, ``rv32imc``, ``rv32ec``)
+    picks the harness (semihosting file I/O on a microcontroller) and writes ``<name>_build.sh``
+    with the build line.
     """
     program = lower(model, calib, shift=shift, ternary=ternary)
-    return export_program(program, out_dir, name=name, prefix=prefix, harness=harness, flash=flash, ram=ram, target=target)
+    return export_program(program, out_dir, **options)
