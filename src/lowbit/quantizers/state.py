@@ -74,13 +74,13 @@ class StateQuantizer(nn.Module):
 
     @property
     def lo(self) -> float:
-        """Lowest level."""
-        return float(self.levels[0])
+        """Lowest level (the codebook's)."""
+        return self.fmt.lo
 
     @property
     def hi(self) -> float:
-        """Highest level."""
-        return float(self.levels[-1])
+        """Highest level (the codebook's)."""
+        return self.fmt.hi
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, num_bits={self.num_bits}, range=[{self.lo:.4g}, {self.hi:.4g}]"
