@@ -10,6 +10,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from .checks import check_input
+
 __all__ = ["SmallVGG"]
 
 
@@ -18,10 +20,7 @@ class SmallVGG(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32, 64)) -> None:
         super().__init__()
-        if len(input_shape) not in (2, 3):
-            raise ValueError(f"input_shape must be (C, L) or (C, H, W), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(C, L) or (C, H, W)", (2, 3))
         two_d = len(input_shape) == 3
         conv, bn, pool = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d)
         layers: list[nn.Module] = []

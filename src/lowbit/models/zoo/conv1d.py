@@ -5,6 +5,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ..checks import check_input
+
 __all__ = ["Conv1dNet"]
 
 
@@ -13,10 +15,7 @@ class Conv1dNet(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, width: int = 32) -> None:
         super().__init__()
-        if len(input_shape) != 2:
-            raise ValueError(f"input_shape must be (C, L), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(C, L)", (2,))
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         w, w2 = width, 2 * width

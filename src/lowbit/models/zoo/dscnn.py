@@ -12,6 +12,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ..checks import check_input
+
 __all__ = ["DSCNN"]
 
 
@@ -31,10 +33,7 @@ class DSCNN(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, filters: int = 64, blocks: int = 4) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"input_shape must be (C, frames, coefficients) such as (1, 49, 10), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(C, frames, coefficients) such as (1, 49, 10)", (3,))
         if filters < 1 or blocks < 1:
             raise ValueError(f"filters and blocks must be >= 1, got {filters}, {blocks}")
         # padding (5, 1) gives Keras' 'same' output size, ceil(49/2) x ceil(10/2) = 25 x 5

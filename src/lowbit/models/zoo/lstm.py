@@ -5,6 +5,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ..checks import check_input
+
 __all__ = ["LSTMClassifier"]
 
 
@@ -15,10 +17,7 @@ class LSTMClassifier(nn.Module):
         self, input_shape: Sequence[int], num_classes: int, vocab: int = 100, embed: int = 32, hidden: int = 32, layers: int = 1
     ) -> None:
         super().__init__()
-        if len(input_shape) != 1:
-            raise ValueError(f"input_shape must be (seq_len,), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(seq_len,)", (1,))
         if min(vocab, embed, hidden, layers) < 1:
             raise ValueError(f"vocab, embed, hidden and layers must be >= 1, got {vocab}, {embed}, {hidden}, {layers}")
         self.vocab = vocab

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_input
+
 __all__ = ["MobileNetV2", "InvertedResidual"]
 
 # t (expansion), c (channels), n (repeats), s (first stride): torchvision's table
@@ -68,10 +70,7 @@ class MobileNetV2(nn.Module):
         self, input_shape: Sequence[int], num_classes: int, width_mult: float = 1.0, dropout: float = 0.2
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(C, H, W)", (3,))
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         cin = _make_divisible(32 * width_mult)

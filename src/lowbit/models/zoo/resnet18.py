@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_input
+
 __all__ = ["BasicBlock", "ResNet18"]
 
 
@@ -51,10 +53,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, width: int = 64) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(C, H, W)", (3,))
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         self.inplanes = width

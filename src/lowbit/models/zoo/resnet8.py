@@ -14,6 +14,8 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_input
+
 __all__ = ["ResNet8"]
 
 
@@ -42,10 +44,7 @@ class ResNet8(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, filters: Sequence[int] = (16, 32, 64)) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(C, H, W)", (3,))
         if len(filters) != 3 or min(filters) < 1:
             raise ValueError(f"filters must be three positive widths, got {tuple(filters)}")
         f0, f1, f2 = (int(f) for f in filters)

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_input
+
 __all__ = ["VisionTransformer"]
 
 
@@ -29,10 +31,7 @@ class VisionTransformer(nn.Module):
         pool: str = "cls",
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_input(input_shape, num_classes, "(C, H, W)", (3,))
         c, h, w = (int(s) for s in input_shape)
         if patch < 1 or h % patch or w % patch:
             raise ValueError(f"patch must be >= 1 and divide the image size {h}x{w}, got {patch}")
