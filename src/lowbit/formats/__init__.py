@@ -21,6 +21,7 @@ One file per concept: :mod:`.base` (the contract), :mod:`.uniform`, :mod:`.codeb
 the spec parser (:mod:`lowbit.quantizers.spec`) looks them up by their first spec token.
 """
 from .base import Format
+from . import levels as _levels
 from .codebook import Codebook
 from .kinds import CenteredCodebook, DoReFaCodebook, LearnedCodebook
 from .levels import (
@@ -51,15 +52,7 @@ __all__ = [
     "format_names",
     "format_examples",
     "format_defaults",
-    "NF4_LEVELS",
-    "nf4_levels",
-    "minifloat_levels",
-    "pot_levels",
-    "apot_levels",
-    "fp130_levels",
-    "bitsym_levels",
-    "dorefa_levels",
-    "sym_levels",
+    *_levels.__all__,  # the named level tables, listed once in levels.py
     "sym_codebook",
     "STATE_KINDS",
     "state_levels",
