@@ -71,7 +71,7 @@ def dequantize(layer: Any) -> Tensor:
     if qt.scale.dtype != torch.float32:
         qt.scale = qt.scale.float()
     if qt.data.device.type != "cpu" and qt.bits not in (1, 2, 4, 8):
-        # 3/5/6/7-bit streams unpack through numpy: decode on the CPU, then move
+        # 3/5/6/7-bit decode (unpack_lookup's word path) is only tested on the CPU: decode there, then move
         qt = QTensor(qt.data.cpu(), qt.scale.cpu(), None if qt.zero_point is None else qt.zero_point.cpu(),
                      qt.fmt, qt.granularity, qt.shape)
         return qt.dequantize().to(device=layer._buffers[PREFIX + "scale"].device, dtype=_dtype(layer))
