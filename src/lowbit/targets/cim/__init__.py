@@ -8,6 +8,7 @@ on/off ratio) it equals the fake-quantized model.
 """
 from .array import CrossbarArray, adc, combine_slices, n_slices, slice_codes, tile_layout
 from .config import CrossbarConfig
+from .drift import compensation_scale, drift_factors, with_read_noise
 from .layers import CrossbarLayer, weight_grid
 from .simulate import crossbar_layers, simulate
 
@@ -17,10 +18,13 @@ __all__ = [
     "CrossbarLayer",
     "adc",
     "combine_slices",
+    "compensation_scale",
     "crossbar_layers",
+    "drift_factors",
     "n_slices",
     "simulate",
     "slice_codes",
     "tile_layout",
     "weight_grid",
+    "with_read_noise",
 ]

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import CrossbarConfig
+from .drift import compensation_scale, drift_factors, with_read_noise
 
 __all__ = ["slice_codes", "combine_slices", "adc", "tile_layout", "n_slices", "CrossbarArray"]
 
@@ -95,7 +96,7 @@ class CrossbarArray(nn.Module):
     kept: Tensor
 
     def __init__(self, codes: Tensor, bits: int, offset: int, cfg: CrossbarConfig, *, taps: int = 1,
-                 generator: torch.Generator | None = None) -> None:  # fmt: skip
+                 generator: torch.Generator | None = None, drift_generator: torch.Generator | None = None) -> None:  # fmt: skip
         super().__init__()
         if codes.dim() != 2:
             raise ValueError(f"codes must be a [rows, columns] matrix, got shape {tuple(codes.shape)}")
@@ -126,6 +127,18 @@ class CrossbarArray(nn.Module):
             ref = slice_codes((-s).clamp(min=0), cb, self.slices)
         self.register_buffer("g_pos", self._program(self._tile(pos), generator))  # [T, R, S*C]
         self.register_buffer("g_ref", self._program(self._tile(ref), generator))  # [T, R, S*C'] (C' = 1 or C)
+        self.drift_scale = 1.0  # global drift compensation factor (1: none)
+        if cfg.drifts:
+            # Drift draws come from their own generator so that the chip's variation and faults stay the same chip.
+            ref_read = self._reference_read() if cfg.drift_compensation else None
+            self.g_pos.mul_(drift_factors(self.g_pos.shape, cfg, drift_generator))
+            self.g_ref.mul_(drift_factors(self.g_ref.shape, cfg, drift_generator))
+            if ref_read is not None:
+                self.drift_scale = compensation_scale(ref_read, self._reference_read())
+
+    def _reference_read(self) -> Tensor:
+        """The array's read-out of the one-hot inputs ``eye(K)`` (aihwkit's drift reference read), noise-free."""
+        return self._product(torch.eye(self.n_rows, dtype=torch.uint8), 1, self.g_pos, self.g_ref)
 
     def _tile(self, cells: Tensor) -> Tensor:
         # [S, K, C] -> [T, R, S*C]; padded rows hold level 0 (their inputs are always 0).
@@ -193,6 +206,12 @@ class CrossbarArray(nn.Module):
 
     def forward(self, x: Tensor, x_bits: int) -> Tensor:
         """Bit-serial crossbar product of unsigned integer inputs ``[M, K]`` (``x_bits`` bits) with the weights."""
+        sigma = self.cfg.read_noise
+        y = self._product(x, x_bits, with_read_noise(self.g_pos, sigma), with_read_noise(self.g_ref, sigma))
+        return y * self.drift_scale if self.drift_scale != 1.0 else y
+
+    def _product(self, x: Tensor, x_bits: int, g_pos: Tensor, g_ref: Tensor) -> Tensor:
+        """The read-out of ``x`` through conductances ``g_pos`` / ``g_ref`` (ADC, shift-add), before compensation."""
         cfg = self.cfg
         m = x.shape[0]
         t = self.layout.shape[0]
@@ -200,12 +219,12 @@ class CrossbarArray(nn.Module):
         xt = self._digits(x, x_bits)
         if cfg.adc_input == "difference":
             # One ADC per column on the analog difference (the reference column broadcasts).
-            raw = torch.bmm(xt, self.g_pos).view(t, z, m, s, -1) - torch.bmm(xt, self.g_ref).view(t, z, m, s, -1)
+            raw = torch.bmm(xt, g_pos).view(t, z, m, s, -1) - torch.bmm(xt, g_ref).view(t, z, m, s, -1)
             diff = self._read(raw).sum(0).double()
         else:
             # The ADC reads every column, the reference columns too; the tiles are added after it.
-            pos = self._read(torch.bmm(xt, self.g_pos).view(t, z, m, s, -1)).sum(0)
-            ref = self._read(torch.bmm(xt, self.g_ref).view(t, z, m, s, -1)).sum(0)
+            pos = self._read(torch.bmm(xt, g_pos).view(t, z, m, s, -1)).sum(0)
+            ref = self._read(torch.bmm(xt, g_ref).view(t, z, m, s, -1)).sum(0)
             diff = (pos - ref).double()  # [Z, M, S, C]
         # Shift-add in float64: the integer sums of wide layers pass float32's 2^24.
         shift = 2.0 ** (cfg.cell_bits * torch.arange(s, device=x.device, dtype=torch.float64))

@@ -78,6 +78,13 @@ class CrossbarConfig:
       first); ``wide_convs`` (Conv2d with in_channels >= rows).
     - ``drop_remainder``: ``tap`` mapping only: drop the ``Cin % rows`` channels of each tap
       that do not fill a sub-array, as the original's ``Cin // 128`` does.
+    - ``drift_nu``: ``(mean, std)`` of the PCM drift exponent: each device gets its own
+      ``nu ~ N(mean, std)`` clipped at 0 and conducts ``g(t0) (t/t0)^-nu`` (None: no drift).
+    - ``t_seconds`` / ``t0``: time of the read after programming and the time the programmed
+      conductances refer to (``t_seconds=None`` reads at ``t0``), see :mod:`.drift`.
+    - ``drift_compensation``: global drift compensation, one digital scalar per layer from a
+      reference read at programming time (as aihwkit's ``GlobalDriftCompensation``).
+    - ``read_noise``: std of a multiplicative Gaussian on every conductance, redrawn per forward.
     """
 
     cell_bits: int = 1
@@ -97,6 +104,11 @@ class CrossbarConfig:
     dummy: str = "code"
     analog: str = "all"
     drop_remainder: bool = False
+    drift_nu: tuple[float, float] | None = None
+    t_seconds: float | None = None
+    t0: float = 1.0
+    drift_compensation: bool = False
+    read_noise: float = 0.0
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> "CrossbarConfig":
@@ -141,6 +153,30 @@ class CrossbarConfig:
             raise ValueError("drop_remainder needs mapping='tap' (the original drops channels per kernel tap)")
         if self.dummy == "midpoint" and self.signed != "dummy":
             raise ValueError("dummy='midpoint' needs signed='dummy'")
+        self._check_time()
+
+    def _check_time(self) -> None:
+        """Validate the drift, read-time and read-noise knobs."""
+        nu = self.drift_nu
+        if nu is not None:
+            if (not isinstance(nu, (tuple, list)) or len(nu) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in nu)):
+                raise ValueError(f"drift_nu must be None or a (mean, std) pair of numbers >= 0, got {nu!r}")
+            object.__setattr__(self, "drift_nu", (float(nu[0]), float(nu[1])))  # a hashable, comparable tuple
+        t0 = self.t0
+        if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not math.isfinite(t0) or t0 <= 0:
+            raise ValueError(f"t0 must be a number of seconds > 0, got {t0!r}")
+        t = self.t_seconds
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < t0):
+            raise ValueError(f"t_seconds must be None or a number of seconds >= t0 ({t0}), got {t!r}")
+        if not isinstance(self.drift_compensation, bool):
+            raise TypeError(f"drift_compensation must be a bool, got {self.drift_compensation!r}")
+        _fraction("read_noise", self.read_noise, hi=10.0)
+
+    @property
+    def drifts(self) -> bool:
+        """True when the read happens after ``t0`` with a drift model set (ν may still be 0)."""
+        return self.drift_nu is not None and self.t_seconds is not None and self.t_seconds > self.t0
 
     @property
     def cell_levels(self) -> int:
@@ -156,4 +192,5 @@ class CrossbarConfig:
     def ideal(self) -> bool:
         """True when the read-out is lossless: no ADC, ideal devices, no faults."""
         return (self.adc_bits is None and self.variation == 0 and math.isinf(self.on_off_ratio)
-                and self.stuck_at_zero == 0 and self.stuck_at_one == 0)  # fmt: skip
+                and self.stuck_at_zero == 0 and self.stuck_at_one == 0 and self.read_noise == 0
+                and (not self.drifts or self.drift_nu == (0.0, 0.0)))  # fmt: skip

@@ -53,7 +53,7 @@ class CrossbarLayer(nn.Module):
     w_value: Tensor
 
     def __init__(self, name: str, layer: QuantLayer, source: nn.Module, cfg: CrossbarConfig, *,
-                 generator: torch.Generator | None = None) -> None:  # fmt: skip
+                 generator: torch.Generator | None = None, drift_generator: torch.Generator | None = None) -> None:  # fmt: skip
         super().__init__()
         if not isinstance(layer, (QuantLinear, QuantConv2d)):
             raise ValueError(f"layer {name!r} ({type(layer).__name__}): only QuantLinear and QuantConv2d map to a crossbar")
@@ -68,7 +68,7 @@ class CrossbarLayer(nn.Module):
         offset = (2**bits - 1) // 2
         self.a = a
         taps = codes.shape[1] // layer.in_channels if self.conv else 1
-        self.array = CrossbarArray(codes.t(), bits, offset, cfg, taps=taps, generator=generator)
+        self.array = CrossbarArray(codes.t(), bits, offset, cfg, taps=taps, generator=generator, drift_generator=drift_generator)
         kept = self.array.kept.double()  # rows dropped by drop_remainder contribute nothing, as in the original
         self.register_buffer("kept", kept)
         self.register_buffer("w_scale", s_col)

@@ -17,6 +17,8 @@ from .layers import CrossbarLayer
 __all__ = ["simulate", "crossbar_layers"]
 
 # Modules that keep every value of a PACT output on its grid (registration order = data order).
+_DRIFT_SEED = 0x5EED_D1F7  # offset of the drift exponents' seed from the chip's seed
+
 _GRID_KEEPING = (nn.Identity, nn.Flatten, nn.Dropout, nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
 
@@ -77,6 +79,7 @@ def simulate(
         mods = [(n, m) for n, m in model.named_modules() if n]
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
+    drift_gen = torch.Generator().manual_seed(cfg.seed + _DRIFT_SEED)  # its own stream: drift leaves the chip's draws alone
     layers: dict[str, str] = {}
     first_conv = next((n for n, m in mods if isinstance(m, QuantConv2d)), None)
     for i, (name, m) in enumerate(mods):
@@ -91,7 +94,7 @@ def simulate(
                 f"layer {name!r} has integer weights but no integer input (no input quantizer, no PACT before it): "
                 f"keep it digital (digital=[{name!r}]) or quantize its input (config 'a:{name}=uint8')"
             )
-        new = CrossbarLayer(name, m, source, cfg, generator=gen).to(m.weight.device)  # built on the CPU
+        new = CrossbarLayer(name, m, source, cfg, generator=gen, drift_generator=drift_gen).to(m.weight.device)  # built on the CPU
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         layers[name] = "crossbar"
