@@ -6,6 +6,7 @@ bit-serial inputs, ADC read-out and device non-idealities. With an ideal
 configuration (``adc_bits=None`` or enough bits, no variation, no faults, infinite
 on/off ratio) it equals the fake-quantized model.
 """
+from .aware import adc_ste, noise_aware, weight_noise_sigma
 from .array import CrossbarArray, adc, combine_slices, n_slices, slice_codes, tile_layout
 from .config import CrossbarConfig
 from .drift import compensation_scale, drift_factors, with_read_noise
@@ -17,14 +18,17 @@ __all__ = [
     "CrossbarConfig",
     "CrossbarLayer",
     "adc",
+    "adc_ste",
     "combine_slices",
     "compensation_scale",
     "crossbar_layers",
     "drift_factors",
     "n_slices",
+    "noise_aware",
     "simulate",
     "slice_codes",
     "tile_layout",
     "weight_grid",
+    "weight_noise_sigma",
     "with_read_noise",
 ]
