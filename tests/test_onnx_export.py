@@ -35,18 +35,29 @@ def _compare(model: nn.Module, x: torch.Tensor, **kw) -> tuple[dict[bool, np.nda
 
 
 def _assert_matches(errs: dict[bool, np.ndarray], agree: float, *, activations: bool, what: str = "") -> None:
-    """The QDQ graph reproduces the fake-quantized model on every input (logits within 1e-4 of their range).
+    """The QDQ graph reproduces the fake-quantized model (logits within 1e-4 of their range).
 
-    Under onnxruntime's default optimizations, quantized activations run through fused integer
-    kernels that requantize with their own rounding: an input whose activation sits on a rounding
-    boundary can move one step, so there such inputs must only be rare (<= 2 %).
+    Weight-only graphs match on every input. With quantized activations an activation that sits on
+    a rounding boundary can land on either side: PyTorch's and onnxruntime's float sums differ in
+    the last bits (the order of a convolution's sums depends on the CPU's kernels -- AVX-512 here,
+    SSE4.1 under ``make test-portable``), and under default optimizations the fused integer kernels
+    requantize with their own rounding. Such inputs must be rare (<= 2 %); what they may do is
+    bounded in quantization steps by :func:`_assert_within_steps` (at most one step per activation).
     """
-    assert errs[True].max() <= 1e-4, f"{what}: logits differ by {errs[True].max():.3g} of their range"
-    if activations:
-        assert (errs[False] <= 1e-4).mean() >= 0.98, f"{what}: {(errs[False] > 1e-4).sum()} inputs differ"
-    else:
-        assert errs[False].max() <= 1e-4, f"{what}: logits differ by {errs[False].max():.3g} (default optimizations)"
+    for exact in (True, False):
+        if activations:
+            assert (errs[exact] <= 1e-4).mean() >= 0.98, f"{what}: {(errs[exact] > 1e-4).sum()} inputs differ"
+        else:
+            assert errs[exact].max() <= 1e-4, f"{what}: logits differ by {errs[exact].max():.3g} of their range"
     assert agree >= 0.995, f"{what}: predictions agree on {agree:.2%}"
+
+
+def _assert_within_steps(model: nn.Module, proto: object, x: torch.Tensor) -> None:
+    """Every activation quantizer agrees with onnxruntime's to one step on <= 1 % of its elements, and the
+    output within 0.05 of its unit, on the whole input set (lowbit.targets.onnx_verify's contract)."""
+    from lowbit.targets.onnx_verify import verify_onnx
+
+    verify_onnx(model, proto, x, random_inputs=0)
 
 
 def _inits(proto) -> dict[str, np.ndarray]:
@@ -68,6 +79,8 @@ def test_onnxruntime_matches_fake_quant(which, cfg, digits, request):
     x = digits.test.tensors[0]
     errs, agree, proto = _compare(q, x)
     _assert_matches(errs, agree, activations=",a" in cfg, what=f"{which} {cfg}")
+    if ",a" in cfg:
+        _assert_within_steps(q, proto, x)
     ops = onnx_ops(proto)
     if "nf4" in cfg:
         assert ops["Gather"] == len(lowbit.api.quantized_layers(q))
@@ -161,7 +174,11 @@ def test_export_onnx_writes_a_file_that_onnxruntime_runs(tmp_path, digits, float
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     with torch.no_grad():
         ref = q.eval()(x).numpy()
-    np.testing.assert_allclose(run_onnx(path, x), ref, rtol=0, atol=1e-4 * float(ref.max() - ref.min()))
+    got = run_onnx(path, x)
+    # an activation on a rounding boundary may land one step apart (see _assert_matches): rare inputs only
+    close = np.abs(got - ref).max(axis=1) <= 1e-4 * float(ref.max() - ref.min())
+    assert close.mean() >= 0.98 and (got.argmax(1) == ref.argmax(1)).mean() >= 0.995
+    _assert_within_steps(q, onnx.load(str(path)), x)
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["lowbit.config"] == q.lowbit_config
 
