@@ -45,7 +45,12 @@ def layer_inputs(model: nn.Module, layer: nn.Module, batches: Sequence[Tensor], 
         got.append((iq(x) if quantized and iq is not None else x).detach())
         raise _Stop
 
-    h = layer.register_forward_pre_hook(hook)
+    _run_to(model, batches, layer.register_forward_pre_hook(hook))
+    return got
+
+
+def _run_to(model: nn.Module, batches: Sequence[Tensor], handle: torch.utils.hooks.RemovableHandle) -> None:
+    """Run each batch until the hook behind ``handle`` stops it (raises ``_Stop``), then remove the hook."""
     try:
         for b in batches:
             try:
@@ -53,8 +58,7 @@ def layer_inputs(model: nn.Module, layer: nn.Module, batches: Sequence[Tensor], 
             except _Stop:
                 pass
     finally:
-        h.remove()
-    return got
+        handle.remove()
 
 
 @torch.no_grad()
@@ -67,13 +71,5 @@ def layer_outputs(model: nn.Module, layer: nn.Module, batches: Sequence[Tensor])
         got.append(out.detach())
         raise _Stop
 
-    h = layer.register_forward_hook(hook)
-    try:
-        for b in batches:
-            try:
-                model(b)
-            except _Stop:
-                pass
-    finally:
-        h.remove()
+    _run_to(model, batches, layer.register_forward_hook(hook))
     return got

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ...nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from .config import CrossbarConfig
-from .simulate import _in_scope, _matches
+from .simulate import _in_scope, _matches, check_digital
 
 __all__ = ["noise_aware", "weight_noise_sigma", "adc_ste"]
 
@@ -89,9 +89,7 @@ def noise_aware(model: nn.Module, config: CrossbarConfig, *, digital: Sequence[s
         raise ValueError("model has no quantized Linear/Conv2d layers: run lowbit.prepare_qat first")
     if any(getattr(m, _MARK, False) for _, m in mods):
         raise ValueError("model is already noise-aware: pass the original model")
-    for p in digital:
-        if not any(_matches(p, n) for n in quant):
-            raise ValueError(f"digital pattern {p!r} matches no quantized layer; quantized layers: {', '.join(quant)}")
+    check_digital(digital, quant)
     if not inplace:
         model = copy.deepcopy(model)
         mods = [(n, m) for n, m in model.named_modules() if n]

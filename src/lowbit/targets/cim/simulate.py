@@ -26,6 +26,13 @@ def _matches(pattern: str, name: str) -> bool:
     return name == pattern or fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
 
 
+def check_digital(digital: Sequence[str], quant: Sequence[str]) -> None:
+    """Every pattern of ``digital`` must name at least one quantized layer (a typo would silently keep it analog)."""
+    for p in digital:
+        if not any(_matches(p, n) for n in quant):
+            raise ValueError(f"digital pattern {p!r} matches no quantized layer; quantized layers: {', '.join(quant)}")
+
+
 def _in_scope(cfg: CrossbarConfig, name: str, m: nn.Module, first_conv: str | None) -> bool:
     """Whether ``cfg.analog`` puts layer ``name`` on a crossbar (TorchInference_RRAM keeps the first conv and FC layers digital)."""
     if cfg.analog == "all":
@@ -71,9 +78,7 @@ def simulate(
     quant = [n for n, m in mods if isinstance(m, QuantLayer)]
     if not quant:
         raise ValueError("model has no quantized layers: run lowbit.quantize or lowbit.prepare_qat first")
-    for p in digital:
-        if not any(_matches(p, n) for n in quant):
-            raise ValueError(f"digital pattern {p!r} matches no quantized layer; quantized layers: {', '.join(quant)}")
+    check_digital(digital, quant)
     if not inplace:
         model = copy.deepcopy(model)
         mods = [(n, m) for n, m in model.named_modules() if n]
