@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 import lowbit
 from lowbit.data import get_dataset, loader
 from lowbit.models import build_model
 from lowbit.nn import fold_bn
 from lowbit.train import evaluate, fit, seed_everything
+
+try:  # run as a script from the repo root, or imported as benchmarks.bench_models
+    from _timing import step_time_table
+except ImportError:  # pragma: no cover
+    from benchmarks._timing import step_time_table
 
 
 def accuracy_table(seed: int) -> str:
@@ -69,23 +72,7 @@ def step_times(seed: int, steps: int = 60) -> str:
         "W4 QAT mse refit per step (int4:channel:mse)": lowbit.prepare_qat(model, "w4"),
     }
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in variants.items()}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for i in range(steps + 5):
-        for k, m in variants.items():
-            m.train()
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(m(x), y)
-            opts[k].zero_grad()
-            loss.backward()
-            opts[k].step()
-            if i >= 5:  # warm-up
-                times[k].append(time.perf_counter() - t0)
-    base = statistics.median(times["float (BN)"])
-    lines = ["| training step (batch 64, small CNN) | median ms | × float |", "|---|---:|---:|"]
-    for k, ts in times.items():
-        med = statistics.median(ts)
-        lines.append(f"| {k} | {med * 1e3:.2f} | {med / base:.2f} |")
-    return "\n".join(lines)
+    return step_time_table("training step (batch 64, small CNN)", variants, opts, x, y, steps)
 
 
 def main() -> None:

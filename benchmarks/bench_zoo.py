@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 import lowbit
 from lowbit.models import build_model
@@ -29,9 +27,9 @@ from lowbit.models.zoo import ZOO, zoo_input
 from lowbit.nn import fold_bn
 
 try:
-    from _timing import wall_times
+    from _timing import step_time_table, wall_times
 except ImportError:  # run from the repository root as a module
-    from benchmarks._timing import wall_times
+    from benchmarks._timing import step_time_table, wall_times
 
 
 def _trained_float(name: str, seed: int) -> torch.nn.Module:
@@ -78,23 +76,7 @@ def step_table(seed: int, steps: int) -> str:
         "W4A8 QAT (w4:lsq,a8, graph path)": lowbit.prepare_qat(model, "w4:lsq,a8", calib=[x]),
     }
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3) for k, m in variants.items()}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for i in range(steps + 5):
-        for k, m in variants.items():  # interleaved: machine load hits every variant alike
-            m.train()
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(m(x), y)
-            opts[k].zero_grad()
-            loss.backward()
-            opts[k].step()
-            if i >= 5:  # warm-up
-                times[k].append(time.perf_counter() - t0)
-    base = statistics.median(times["float (BN)"])
-    lines = ["| ResNet-8 training step (batch 32, 3x32x32) | median ms | × float |", "|---|---:|---:|"]
-    for k, ts in times.items():
-        med = statistics.median(ts)
-        lines.append(f"| {k} | {med * 1e3:.2f} | {med / base:.2f} |")
-    return "\n".join(lines)
+    return step_time_table("ResNet-8 training step (batch 32, 3x32x32)", variants, opts, x, y, steps)
 
 
 def main() -> None:
