@@ -164,7 +164,7 @@ def test_equalization_keeps_the_float_function_and_evens_the_ranges() -> None:
 
 def test_quantize_rejects_unknown_methods_and_options() -> None:
     model, calib = _mlp(), _calib()
-    with pytest.raises(ValueError, match="method must be one of nearest, gptq, adaround"):
+    with pytest.raises(ValueError, match="method must be one of nearest, gptq, adaround, brecq"):
         lowbit.quantize(model, "w4", calib=calib, method="optimal")
     with pytest.raises(ValueError, match="allowed: percdamp, block, act_order"):
         lowbit.quantize(model, "w4", calib=calib, method="gptq", method_options={"iters": 3})

@@ -206,8 +206,8 @@ def quantize(
 ) -> nn.Module:
     """Post-training quantization: swap modules, fit weight scales, calibrate activation ranges.
 
-    ``method`` rounds the weights: ``nearest``, ``gptq`` or ``adaround`` (layer by layer on
-    ``calib``; options such as ``act_order``/``iters`` in ``method_options``); ``equalize``
+    ``method`` rounds the weights: ``nearest``, ``gptq``, ``adaround`` or ``brecq`` (layer by layer,
+    or block by block for ``brecq``, on ``calib``; options such as ``act_order``/``iters`` in ``method_options``); ``equalize``
     first equalizes ReLU chains across layers; ``bias_correction`` removes each layer's mean
     output error on ``calib`` (lowbit.algorithms.layerwise).
     """

@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, data_from_checkpoint=True)
     p.add_argument("--config", default="w8", help="quantization config, e.g. 'w4', 'w4,a8', '*=int4:channel:mse,classifier=int8' (default: w8)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for activation ranges (default: 8)")
-    p.add_argument("--method", default="nearest", choices=("nearest", "gptq", "adaround"),
-                   help="weight rounding: nearest, or layer by layer on the calibration batches with GPTQ or AdaRound (default: nearest)")
+    p.add_argument("--method", default="nearest", choices=("nearest", "gptq", "adaround", "brecq"),
+                   help="weight rounding: nearest, or layer by layer on the calibration batches with GPTQ or AdaRound, or BRECQ block by block (default: nearest)")
     add_out(p, None, "where to save the integer model (default: <checkpoint>.<config>.lowbit, or <model>.<config>.lowbit)")
 
 
