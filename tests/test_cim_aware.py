@@ -88,3 +88,64 @@ def test_scope_sigma_and_bad_input() -> None:
         noise_aware(m, {"adc_bits": 4})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no quantized"):
         noise_aware(nn.Linear(2, 2), CrossbarConfig())
+
+
+def _effective_weights(cfg: CrossbarConfig, code: int, k: int = 4000) -> torch.Tensor:
+    """Per-row weight a simulated array stores for ``code`` (one-hot reads, ideal ADC): one sample per device set."""
+    from lowbit.targets.cim import CrossbarArray
+
+    arr = CrossbarArray(torch.full((k, 1), code), 4, 7, cfg, generator=torch.Generator().manual_seed(5))
+    return arr(torch.eye(k, dtype=torch.uint8), 1)[:, 0].float()
+
+
+@pytest.mark.parametrize("signed", ["dummy", "differential"])
+def test_cell_noise_has_the_simulators_spread_per_code(signed: str) -> None:
+    from lowbit.targets.cim import cell_noise
+
+    cfg = CrossbarConfig(cell_bits=2, adc_bits=None, variation=0.1, signed=signed)
+    g = torch.Generator().manual_seed(0)
+    for code in (0, 7, 8, 15):
+        sim = _effective_weights(cfg, code)
+        draws = cell_noise(torch.full((1, 4000), code), 4, cfg, generator=g)[0]
+        assert abs(float(sim.mean()) - (code - 7)) < 0.1  # the simulator is unbiased
+        assert abs(float(draws.mean())) < 0.1
+        # Same spread as the simulator's devices (4000 samples: ~2 % standard error on a std).
+        assert math.isclose(float(draws.std()), float(sim.std()), rel_tol=0.08), (code, float(draws.std()), float(sim.std()))
+    if signed == "dummy":
+        # Offset binary: a zero weight (code 7 = cells 3, 1 against the reference 3, 1) is far from noise-free.
+        expected = 0.1 * math.sqrt(2 * (3**2 + 16 * 1**2))
+        assert math.isclose(float(cell_noise(torch.full((1, 20000), 7), 4, cfg, generator=g).std()), expected, rel_tol=0.03)
+    assert torch.equal(cell_noise(torch.full((2, 3), 5), 4, CrossbarConfig()), torch.zeros(2, 3))
+
+
+def test_cell_noise_model_is_the_default_and_weight_proxy_stays() -> None:
+    m = _model()
+    x = _x()
+    cells = noise_aware(m, CrossbarConfig(variation=0.1, adc_bits=None)).train()
+    proxy = noise_aware(m, CrossbarConfig(variation=0.1, adc_bits=None), noise="weight").train()
+    from lowbit.info import info_of
+
+    assert info_of(cells).extra["cim_aware"]["noise"] == "cells"
+    assert info_of(proxy).extra["cim_aware"]["noise"] == "weight"
+    # The cell model puts noise on weights at the middle code too; the proxy leaves a zero weight exactly zero.
+    w = cells[1].quantized_weight().detach()
+    ref = m[1].quantized_weight().detach()
+    assert float((w - ref).abs().mean()) > 0
+    with pytest.raises(ValueError, match="noise must be one of"):
+        noise_aware(m, CrossbarConfig(), noise="gauss")
+
+
+def test_cli_train_aware_prints_both_tables_and_the_cost(tmp_path, capsys) -> None:
+    from lowbit.cli import main
+
+    rc = main(["cim", "--arch", "mlp", "--epochs", "1", "--train-aware", "--aware-epochs", "1", "--cells", "2", "--adc", "8",
+               "--variation", "0,0.1", "--out", str(tmp_path), "--no-plots"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    plain, aware = out.split("hardware-aware (1 epochs, 2-bit cells, 8-bit ADC, σ=10% in training):")
+    for part in (plain, aware):
+        row = next(line for line in part.splitlines() if line.startswith("| 2 | 8 |"))
+        assert all(0 <= float(v) <= 100 for v in row.split("|")[3:5])
+    assert "| **total** |" in aware and "ADC share" in aware
+    assert main(["cim", "--aware-epochs", "0", "--out", str(tmp_path), "--no-plots"]) != 0
+    assert "--aware-epochs must be >= 1" in capsys.readouterr().err

@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "difference, the original's transfer, per-tap mapping, first conv and FC digital)")  # fmt: skip
     parser.add_argument("--digital", default="features.0,classifier",
                         help="comma-separated layer patterns kept digital (default: first layer and classifier)")  # fmt: skip
+    parser.add_argument("--train-aware", action="store_true",
+                        help="also fine-tune the model with the crossbar's noise in the forward pass (noise_aware: the last "
+                             "--cells, the last --adc, the largest --variation) and sweep it beside the plain one")  # fmt: skip
+    parser.add_argument("--aware-epochs", type=int, default=5, help="hardware-aware fine-tuning epochs (default 5)")
+    parser.add_argument("--aware-lr", type=float, default=1e-3, help="hardware-aware fine-tuning learning rate (default 1e-3)")
     add_out(parser, "reports/cim", "folder for the table and plot")
     add_no_plots(parser)
 
@@ -96,6 +101,29 @@ def qat_model(arch: str, epochs: int, seed: int, data: Any = None) -> nn.Module:
     return model.eval()
 
 
+def aware_model(model: nn.Module, cfg: Any, epochs: int, seed: int, data: Any = None, *, digital: tuple[str, ...] = (),
+                lr: float = 1e-3, noise: str = "cells") -> nn.Module:  # fmt: skip
+    """Fine-tune a copy of ``model`` with ``noise_aware(model, cfg)`` (per-step redrawn device noise, ADC with STE), seeded."""
+    from lowbit.data import get_dataset, loader
+    from lowbit.targets.cim import noise_aware
+    from lowbit.train import fit, seed_everything
+
+    seed_everything(seed)
+    ds = data if data is not None else get_dataset("digits")
+    aware = noise_aware(use_dorefa(model), cfg, digital=digital, noise=noise).train()
+    fit(aware, loader(ds.train, 64, shuffle=True, seed=seed), epochs=epochs, lr=lr, pact_lambda=1e-4, desc="hardware-aware")
+    return aware.eval()
+
+
+def aware_config(args: argparse.Namespace) -> Any:
+    """The crossbar ``--train-aware`` trains for: the last --cells and --adc, the largest --variation."""
+    from lowbit.targets.cim import CrossbarConfig
+
+    return CrossbarConfig.preset(args.preset, cell_bits=args.cells[-1], rows=args.rows, adc_bits=args.adc[-1],
+                                 adc_range=args.adc_range, signed=args.signed, on_off_ratio=args.on_off,
+                                 variation=max(args.variation))  # fmt: skip
+
+
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return 100.0 * float((model(x).argmax(1) == y).float().mean())
@@ -122,6 +150,22 @@ def sweep(model: nn.Module, args: argparse.Namespace, data: Any = None) -> tuple
                     accs.append(_accuracy(simulate(model, cfg, digital=digital), x, y))
                 table[(cell, bits, var)] = sum(accs) / len(accs)
     return soft, table
+
+
+def cost_sweep(model: nn.Module, cells: list[int], adcs: list[int], example: torch.Tensor, digital: tuple[str, ...] = (),
+               preset: str = "neurosim", **overrides: Any) -> str:  # fmt: skip
+    """Energy / latency / area per inference over cell bits x ADC bits (lowbit.targets.cim.cost), as markdown."""
+    from lowbit.targets.cim import CrossbarConfig, cost
+
+    lines = ["| cell bits | ADC bits | energy nJ | ADC energy nJ | ADC share | latency µs | area mm² |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for cell in cells:
+        for bits in adcs:
+            cs = cost(model, CrossbarConfig.preset(preset, cell_bits=cell, adc_bits=bits, **overrides), example=example, digital=digital)
+            e, a = sum(c.energy for c in cs), sum(c.e_adc for c in cs)
+            lines.append(f"| {cell} | {bits} | {e * 1e9:.2f} | {a * 1e9:.2f} | {a / e if e else 0.0:.0%} | "
+                         f"{sum(c.latency for c in cs) * 1e6:.2f} | {sum(c.area for c in cs) * 1e-6:.4f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def markdown(soft: float, table: dict[tuple[int, int, float], float], variations: list[float]) -> str:
@@ -159,8 +203,10 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.train import seed_everything
 
     setup(args)
-    if args.trials < 1 or args.epochs < 1:
-        raise ValueError("--trials and --epochs must be >= 1")
+    if args.trials < 1 or args.epochs < 1 or args.aware_epochs < 1:
+        raise ValueError("--trials, --epochs and --aware-epochs must be >= 1")
+    if not args.aware_lr > 0:
+        raise ValueError(f"--aware-lr must be > 0, got {args.aware_lr}")
     for cell in args.cells:  # bad settings fail now, not after training
         for bits in args.adc:
             for var in args.variation:
@@ -181,6 +227,24 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     soft, table = sweep(model, args, ds)
     text = markdown(soft, table, args.variation)
+    if args.train_aware:
+        cfg = aware_config(args)
+        digital = tuple(p for p in args.digital.split(",") if p.strip())
+        aware = aware_model(model, cfg, args.aware_epochs, args.seed, ds, digital=digital, lr=args.aware_lr)
+        seed_everything(args.seed)
+        a_soft, a_table = sweep(aware, args, ds)
+        text += (f"\n\nhardware-aware ({args.aware_epochs} epochs, {cfg.cell_bits}-bit cells, {cfg.adc_bits}-bit ADC, "
+                 f"σ={cfg.variation:.0%} in training):\n\n" + markdown(a_soft, a_table, args.variation))  # fmt: skip
+    from lowbit.targets.cim import cost, cost_table
+
+    digital = tuple(p for p in args.digital.split(",") if p.strip())
+    x_one = ds.test.tensors[0][:1]
+    over = {"rows": args.rows, "adc_range": args.adc_range, "signed": args.signed, "on_off_ratio": args.on_off}
+    text += ("\n\nCost per inference (lowbit.targets.cim.cost; parameters and their sources in its docstring), "
+             f"{args.cells[-1]}-bit cells, {args.adc[-1]}-bit ADC, per layer:\n\n"
+             + cost_table(cost(model, CrossbarConfig.preset(args.preset, cell_bits=args.cells[-1], adc_bits=args.adc[-1], **over),
+                               example=x_one, digital=digital))
+             + "\n\nover the sweep:\n\n" + cost_sweep(model, args.cells, args.adc, x_one, digital, args.preset, **over))  # fmt: skip
     print(text)
     out = Path(args.out)
     write_text(out / "cim_table.md", text + "\n")

@@ -6,19 +6,27 @@ bit-serial inputs, ADC read-out and device non-idealities. With an ideal
 configuration (``adc_bits=None`` or enough bits, no variation, no faults, infinite
 on/off ratio) it equals the fake-quantized model.
 """
-from .aware import adc_ste, noise_aware, weight_noise_sigma
+from .aware import NOISE_MODELS, adc_ste, cell_noise, noise_aware, weight_noise_sigma
 from .array import CrossbarArray, adc, combine_slices, n_slices, slice_codes, tile_layout
 from .config import CrossbarConfig
+from .cost import CostParams, LayerCost, adc_energy, cost, cost_table
 from .drift import compensation_scale, drift_factors, with_read_noise
 from .layers import CrossbarLayer, weight_grid
 from .simulate import crossbar_layers, simulate
 
 __all__ = [
+    "NOISE_MODELS",
     "CrossbarArray",
     "CrossbarConfig",
     "CrossbarLayer",
+    "CostParams",
+    "LayerCost",
+    "adc_energy",
+    "cost",
+    "cost_table",
     "adc",
     "adc_ste",
+    "cell_noise",
     "combine_slices",
     "compensation_scale",
     "crossbar_layers",

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...formats import Uniform
+from ...qtensor import QTensor
 from ...nn.act import PACT, ActQuant
 from ...nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from .array import CrossbarArray
 from .config import CrossbarConfig
 
-__all__ = ["CrossbarLayer", "weight_grid"]
+__all__ = ["CrossbarLayer", "weight_grid", "qtensor_grid"]
 
 _GRID_TOL = 1e-3  # how far (in steps) an input may sit from its grid and still count as on it
 
@@ -29,6 +30,11 @@ def weight_grid(layer: QuantLayer) -> tuple[Tensor, int, float, Tensor, Tensor]:
     qt = layer.encode_weight()
     if qt is None:
         raise ValueError("the layer's weight is not quantized")
+    return qtensor_grid(qt)
+
+
+def qtensor_grid(qt: QTensor) -> tuple[Tensor, int, float, Tensor, Tensor]:
+    """A quantized weight as ``(codes [C, K], bits, a, b_c [C], s_c [C])`` with value ``s_c (a codes + b_c)``."""
     g = qt.granularity
     if g.kind == "group" or (g.kind == "channel" and g.axis != 0):
         raise ValueError(f"weight granularity {g.spec!r} is not per tensor or per output channel; a crossbar column needs one scale")
