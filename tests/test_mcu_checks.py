@@ -41,14 +41,28 @@ def test_unsupported_layer_is_named():
         lower(_q(m, "w4,a8", x), x)
 
 
-def test_unsupported_conv_geometry_is_named():
-    m = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10))
+def test_unsupported_conv_and_pool_geometry_is_named():
     x = torch.rand(8, 1, 8, 8)
-    with pytest.raises(ValueError, match=r"layer '0' \(QuantConv2d\).*kernel_size \(5, 5\) \(only 3x3\)"):
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    with pytest.raises(ValueError, match=r"layer '0' \(QuantConv2d\) is not supported by the MCU target: padding_mode 'reflect' \(only zero padding\); supported: Linear, Conv1d/Conv2d"):
         lower(_q(m, "w4,a8", x), x)
-    m = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.Flatten(), nn.Linear(36, 10))
-    with pytest.raises(ValueError, match=r"layer '0'.*stride, dilation and groups must be 1"):
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match=r"layer '2' \(AdaptiveAvgPool2d\).*output size \(4, 4\) does not divide the input \(6, 6\)"):
         lower(_q(m, "w4,a8", x), x)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2, padding=1), nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match=r"layer '1' \(MaxPool2d\).*pooling with padding or ceil_mode"):
+        lower(_q(m, "w4,a8", x), x)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(36, 10))
+    with pytest.raises(ValueError, match=r"layer '2' \(ReLU\).*a ReLU after an average pool"):
+        lower(_q(m, "w4,a8", x), x)
+    # a layer kind the C code has no loop for: the error names it and lists what is supported
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(576, 10))
+    with pytest.raises(ValueError, match=r"layer '1' \(Upsample\) is not supported by the MCU target; supported: .*AdaptiveAvgPool1d/2d"):
+        lower(_q(m, "w4,a8", x), x)
+    from lowbit.targets.mcu.lower import SUPPORTED_LAYERS
+
+    for name in ("Linear", "Conv1d/Conv2d", "depthwise", "'same'", "MaxPool1d/2d", "AvgPool1d/2d", "AdaptiveAvgPool1d/2d", "ReLU", "BatchNorm1d/2d", "Flatten"):
+        assert name in SUPPORTED_LAYERS, name
 
 
 def test_int32_overflow_is_named():
@@ -115,7 +129,7 @@ def test_memory_report_counts_bytes(mlp_int4):
     rep = memory_report(lower(q, x))
     assert [(m.name, m.weights) for m in rep.layers] == [("features.0", 4096), ("features.2", 4096), ("classifier", 320)]
     assert rep.weights == (64 * 128 + 128 * 64 + 64 * 10) // 2
-    assert rep.tables == 6 * (128 + 64 + 10) + 3 * 76  # int16 multiplier + int32 bias per output, op table
+    assert rep.tables == 6 * (128 + 64 + 10) + 3 * 96  # int16 multiplier + int32 bias per output, op table
     assert rep.activations == 64 + 128  # largest input + output pair
     assert (rep.col, rep.ybuf, rep.logits) == (0, 0, 40)
     assert rep.flash == rep.weights + rep.tables + rep.code and rep.ram == 232

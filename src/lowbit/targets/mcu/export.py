@@ -133,16 +133,22 @@ def render(
         if isinstance(op, PoolOp):
             c, h, w = op.in_shape
             _, oh, ow = op.out_shape
-            summary.append(f"op {i}: {op.name}: max-pool 2x2 {op.in_shape} -> {op.out_shape}")
+            (kh, kw), (sh, sw) = op.kernel, op.stride
+            how = "" if op.kind == "max" else f", out = clamp(round_shift(sum * {op.mult}, {op.shift}), {op.lo}, {op.hi})"
+            summary.append(f"op {i}: {op.name}: {op.kind}-pool {kh}x{kw} stride {sh}x{sw} {op.in_shape} -> {op.out_shape}{how}")
+            kind = "LB_MAXPOOL" if op.kind == "max" else "LB_AVGPOOL"
             ops.append(
-                f"    {{LB_POOL, {int(op.signed)}, 0, 0, {c}, {h}, {w}, {c}, {oh}, {ow}, 0, 0, 0, 0, 0, 0, 0, 0, "
-                f"0, 0, 0, 0, 0, {in_at}, {out_at}}}, /* {op.name} */"
+                f"    {{.kind = {kind}, .in_signed = {int(op.signed)}, .c = {c}, .h = {h}, .w = {w}, .oc = {c}, .oh = {oh}, "
+                f".ow = {ow}, .kh = {kh}, .kw = {kw}, .sh = {sh}, .sw = {sw}, .groups = 1, .pmult = {op.mult}, "
+                f".shift = {op.shift}, .lo = {op.lo}, .hi = {op.hi}, .in_at = {in_at}, .out_at = {out_at}}}, /* {op.name} */"
             )
             continue
         L = f"L{i}"
         fn, inst = _kernel(op)
         kernels[fn] = inst
         shape = f"{op.in_shape} -> {op.out_shape}"
+        if op.op == "conv":
+            shape += f" ({op.kernel[0]}x{op.kernel[1]}, stride {op.stride[0]}x{op.stride[1]}, pad {op.pads}, groups {op.groups})"
         summary.append(f"op {i}: {op.name}: {op.op} {shape}, weights {op.weight_format} ({op.kind}: {_KIND_TEXT[op.kind]})")
         data.append(
             f"/* op {i}: {op.name}: {op.op} {shape}; weights {op.weight_format} as {_KIND_TEXT[op.kind]};\n"
@@ -172,12 +178,17 @@ def render(
         if op.op == "conv":
             cin, h, w = op.in_shape
             oc, oh, ow = op.out_shape
-            dims, kind = f"{cin}, {h}, {w}, {oc}, {oh}, {ow}, {op.pad}", "LB_CONV"
+            (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = op.kernel, op.stride, op.dilation, op.pads
+            dims = (f".c = {cin}, .h = {h}, .w = {w}, .oc = {oc}, .oh = {oh}, .ow = {ow}, .kh = {kh}, .kw = {kw}, "
+                    f".sh = {sh}, .sw = {sw}, .dh = {dh}, .dw = {dw}, .pt = {pt}, .pl = {pl}, .groups = {op.groups}")
+            kind = "LB_CONV"
         else:
-            dims, kind = f"{op.n}, 1, 1, {op.cout}, 1, 1, 0", "LB_DENSE"
+            dims, kind = f".c = {op.n}, .h = 1, .w = 1, .oc = {op.cout}, .oh = 1, .ow = 1, .groups = 1", "LB_DENSE"
         ops.append(
-            f"    {{{kind}, {int(op.in_lo < 0)}, {int(op.affine)}, {int(op.last)}, {dims}, {L}_N, {L}_ROWBYTES, {fn}, "
-            f"{L}_W, {tab}, {L}_M, {L}_B, {L}_OFF, {L}_STEP, {L}_SHIFT, {L}_LO, {L}_HI, {in_at}, {out_at if not op.last else 0}}}, /* {op.name} */"
+            f"    {{.kind = {kind}, .in_signed = {int(op.in_lo < 0)}, .affine = {int(op.affine)}, .last = {int(op.last)}, {dims}, "
+            f".n = {L}_N, .rowbytes = {L}_ROWBYTES, .dot = {fn}, .weights = {L}_W, .tab = {tab}, .mult = {L}_M, .bias = {L}_B, "
+            f".off = {L}_OFF, .step = {L}_STEP, .shift = {L}_SHIFT, .lo = {L}_LO, .hi = {L}_HI, .in_at = {in_at}, "
+            f".out_at = {out_at if not op.last else 0}}}, /* {op.name} */"
         )
     has_conv = any(isinstance(o, ComputeOp) and o.op == "conv" for o in program.ops)
     has_pool = any(isinstance(o, PoolOp) for o in program.ops)

@@ -1,6 +1,7 @@
 """Lowering: a quantized PyTorch model -> an integer program (what the C code and the reference run).
 
-The integer pipeline, per compute layer (Linear or 3x3 Conv2d):
+The integer pipeline, per compute layer (Linear, Conv1d or Conv2d of any kernel, stride,
+padding, dilation and groups -- depthwise and pointwise included; a Conv1d is a 1 x k Conv2d):
 
 1. ``acc[c] = sum_k a[k] * w[c, k]`` in int32. ``a`` are the layer's integer inputs
    (int8, unsigned 0..255 after a ReLU), ``w`` the integer weights: two's complement
@@ -23,6 +24,11 @@ The integer pipeline, per compute layer (Linear or 3x3 Conv2d):
 4. the last layer's ``y`` are the int32 logits (no shift): ``logit = y * logit_scale``.
 
 Max-pooling runs on the requantized integers (it commutes with a monotone requantization).
+Average pooling (AvgPool, AdaptiveAvgPool to an output size that divides the input, global
+average pooling) also runs on them, at the scale of the layer it feeds: ``sum`` over the window
+(int32), then ``out = clamp(round_shift(sum * m, s), lo, hi)``; for a window of ``2^k`` values
+``m = 1, s = k`` (the exact mean, rounded half up), otherwise ``m = round(2^s / count)`` with the
+largest ``s <= 30`` for which ``sum * m`` cannot leave int32 (the C code and the reference both do this).
 """
 from __future__ import annotations
 
@@ -45,8 +51,9 @@ __all__ = ["ComputeOp", "PoolOp", "IntProgram", "lower", "SUPPORTED_LAYERS", "IN
 
 INT32_MAX = 2**31 - 1
 SUPPORTED_LAYERS = (
-    "Linear, Conv2d (3x3, stride 1, padding 0 or 1, no groups/dilation), MaxPool2d(2), ReLU, "
-    "BatchNorm1d/2d (directly after a Linear/Conv2d), Flatten, Dropout, Identity"
+    "Linear, Conv1d/Conv2d (any kernel, stride, dilation, groups incl. depthwise; zero padding, symmetric or 'same'), "
+    "MaxPool1d/2d and AvgPool1d/2d (no padding, floor mode), AdaptiveAvgPool1d/2d (output size dividing the input; "
+    "1 = global average), ReLU, BatchNorm1d/2d (directly after a Linear/Conv), Flatten, Dropout, Identity"
 )
 _MAX_SHIFT = 30
 #: multipliers are stored as int16: 15 bits of precision (relative error <= 2^-15) is plenty
@@ -57,7 +64,7 @@ DYNAMIC_HEADROOM = 4
 
 @dataclass
 class ComputeOp:
-    """One Linear or 3x3 Conv2d layer in integer form."""
+    """One Linear or Conv layer in integer form (a Conv1d is a ``(1, k)`` conv on ``(c, 1, length)``)."""
 
     name: str
     op: str  # "dense" | "conv"
@@ -79,11 +86,20 @@ class ComputeOp:
     out_hi: int
     in_shape: tuple[int, ...]  # (n,) for dense, (cin, h, w) for conv
     out_shape: tuple[int, ...]
-    pad: int = 0
+    pad: "int | tuple[int, int, int, int]" = 0  # conv zero padding: all sides, or (top, left, bottom, right)
     last: bool = False
     weight_format: str = ""
     code_bits: int = 8  # storage bits per weight in the C arrays (1.6 for t3 is stored as 8 per 5)
     t: float = 1.0  # integer weights = levels * t
+    kernel: tuple[int, int] = (3, 3)  # conv (kh, kw)
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1  # conv groups (cin = depthwise): row c reads input channels of group c // (cout / groups)
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """Conv zero padding as (top, left, bottom, right)."""
+        return (self.pad,) * 4 if isinstance(self.pad, int) else tuple(int(v) for v in self.pad)  # type: ignore[return-value]
 
     @property
     def n(self) -> int:
@@ -108,12 +124,19 @@ class ComputeOp:
 
 @dataclass
 class PoolOp:
-    """2x2 max-pooling, stride 2, on ``(c, h, w)`` integers."""
+    """Max or average pooling (``kind``) on ``(c, h, w)`` integers; average: ``clamp(round_shift(sum * mult, shift), lo, hi)``."""
 
     name: str
     in_shape: tuple[int, int, int]
     out_shape: tuple[int, int, int]
     signed: bool
+    kind: str = "max"  # "max" | "avg"
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    mult: int = 1
+    shift: int = 0
+    lo: int = 0
+    hi: int = 255
 
 
 @dataclass
@@ -188,21 +211,34 @@ def _unsupported(name: str, mod: nn.Module, why: str = "") -> ValueError:
     return ValueError(f"layer {name!r} ({type(mod).__name__}) is not supported by the MCU target{extra}; supported: {SUPPORTED_LAYERS}")
 
 
+_CONV = (nn.Conv1d, nn.Conv2d)
+_MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d)
+_AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d)
+_ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_POOLS = (*_MAXPOOL, *_AVGPOOL, *_ADAPTIVE)
+
+
+def _pair(v: object) -> tuple[int, ...]:
+    return tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),)  # type: ignore[arg-type]
+
+
 def _check_layer(name: str, mod: nn.Module) -> None:
-    if isinstance(mod, (nn.Linear, nn.Conv2d)) and not isinstance(mod, QuantLayer):
+    if isinstance(mod, (nn.Linear, *_CONV)) and not isinstance(mod, QuantLayer):
         raise ValueError(f"layer {name!r} ({type(mod).__name__}) is not quantized; quantize the model (lowbit.quantize / prepare_qat) before export")
-    if isinstance(mod, nn.Conv2d):
-        if tuple(mod.kernel_size) != (3, 3):
-            raise _unsupported(name, mod, f"kernel_size {tuple(mod.kernel_size)} (only 3x3)")
-        if tuple(mod.stride) != (1, 1) or tuple(mod.dilation) != (1, 1) or mod.groups != 1:
-            raise _unsupported(name, mod, "stride, dilation and groups must be 1")
-        if mod.padding not in ((0, 0), (1, 1)) or mod.padding_mode != "zeros":
-            raise _unsupported(name, mod, f"padding {mod.padding!r} ({mod.padding_mode}); only 0 or 1 with zeros")
-    elif isinstance(mod, nn.MaxPool2d):
-        k = mod.kernel_size if isinstance(mod.kernel_size, int) else tuple(mod.kernel_size)
-        s = mod.stride if isinstance(mod.stride, int) else tuple(mod.stride)
-        if k not in (2, (2, 2)) or s not in (2, (2, 2)) or mod.padding not in (0, (0, 0)) or mod.dilation not in (1, (1, 1)) or mod.ceil_mode:
-            raise _unsupported(name, mod, "only MaxPool2d(2) (kernel 2, stride 2, no padding, floor mode)")
+    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Conv3d)):
+        raise _unsupported(name, mod)
+    if isinstance(mod, _CONV):
+        if mod.padding_mode != "zeros":
+            raise _unsupported(name, mod, f"padding_mode {mod.padding_mode!r} (only zero padding)")
+    elif isinstance(mod, _POOLS):
+        if isinstance(mod, _ADAPTIVE):
+            return  # the output size is checked against the input shape when lowering
+        if any(p != 0 for p in _pair(mod.padding)) or mod.ceil_mode:
+            raise _unsupported(name, mod, "pooling with padding or ceil_mode")
+        if isinstance(mod, _MAXPOOL) and any(d != 1 for d in _pair(mod.dilation)):
+            raise _unsupported(name, mod, "dilated max-pooling")
+        if isinstance(mod, _AVGPOOL) and getattr(mod, "divisor_override", None) is not None:
+            raise _unsupported(name, mod, "divisor_override")
     elif isinstance(mod, nn.Linear) or isinstance(mod, (nn.ReLU, *_BN, *_SKIP)):
         pass
     else:
@@ -224,7 +260,7 @@ def _parse(model: nn.Module) -> list[object]:
     since_compute: list[str] = []  # what came after the last compute layer
     for name, mod in _leaves(model):
         _check_layer(name, mod)
-        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+        if isinstance(mod, (nn.Linear, *_CONV)):
             last_block = _Block(name, mod)
             seq.append(last_block)
             since_compute = []
@@ -234,12 +270,14 @@ def _parse(model: nn.Module) -> list[object]:
             last_block.bn = mod
         elif isinstance(mod, nn.ReLU):
             if last_block is None:
-                raise _unsupported(name, mod, "a ReLU before the first Linear/Conv2d")
+                raise _unsupported(name, mod, "a ReLU before the first Linear/Conv")
+            if "avg" in since_compute:  # the ReLU is fused into the requantization before the pool
+                raise _unsupported(name, mod, "a ReLU after an average pool (put it before the pool)")
             last_block.relu = True
             since_compute.append("relu")
-        elif isinstance(mod, nn.MaxPool2d):
+        elif isinstance(mod, _POOLS):
             seq.append((name, mod))
-            since_compute.append("pool")
+            since_compute.append("max" if isinstance(mod, _MAXPOOL) else "avg")
         # Identity, Dropout, Flatten: nothing to do (eval mode)
     blocks = [b for b in seq if isinstance(b, _Block)]
     if not blocks:
@@ -416,6 +454,84 @@ def _act_range(name: str, aq: ActQuant | None, data: Tensor, nonneg: bool, pt_q:
         hi = 255 if nonneg else 127
         lo = 0 if nonneg else -128
     return _ActIn(amax / hi if amax > 0 else 1.0, lo, hi)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _as_chw(name: str, shape: tuple[int, ...], what: str) -> tuple[int, int, int]:
+    """``(c, h, w)``; a 1-D ``(c, length)`` signal is ``(c, 1, length)``."""
+    if len(shape) == 2:
+        return (int(shape[0]), 1, int(shape[1]))
+    if len(shape) != 3:
+        raise ValueError(f"layer {name!r}: {what} needs a (C, H, W) or (C, L) input, got shape {shape}")
+    return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
+
+def _conv_geometry(name: str, mod: nn.Module, shape: tuple[int, ...]) -> tuple[tuple[int, int, int], tuple[int, int, int], dict[str, object]]:
+    """(in_shape, out_shape, ComputeOp geometry fields) of a Conv1d/Conv2d on ``shape``."""
+    one_d = isinstance(mod, nn.Conv1d)
+    c, h, w = _as_chw(name, shape, type(mod).__name__)
+    if one_d and h != 1:
+        raise ValueError(f"layer {name!r}: Conv1d needs a (C, L) input, got shape {shape}")
+    if c != mod.in_channels:  # type: ignore[union-attr]
+        raise ValueError(f"layer {name!r}: expects {mod.in_channels} input channels, gets shape {shape}")  # type: ignore[union-attr]
+    lift = (lambda v: (1, int(v[0]))) if one_d else (lambda v: (int(v[0]), int(v[1])))
+    kh, kw = lift(mod.kernel_size)  # type: ignore[union-attr]
+    sh, sw = lift(mod.stride)  # type: ignore[union-attr]
+    dh, dw = lift(mod.dilation)  # type: ignore[union-attr]
+    # PyTorch's own padding amounts ('same' puts the odd one at the end): [left, right(, top, bottom)]
+    rp = [int(v) for v in mod._reversed_padding_repeated_twice]  # type: ignore[union-attr]
+    pl, pr = rp[0], rp[1]
+    pt, pb = (0, 0) if one_d else (rp[2], rp[3])
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"layer {name!r}: input {shape} is too small for a {kh}x{kw} convolution")
+    geo = {"pad": (pt, pl, pb, pr), "kernel": (kh, kw), "stride": (sh, sw), "dilation": (dh, dw), "groups": int(mod.groups)}  # type: ignore[union-attr]
+    return (c, h, w), (int(mod.out_channels), oh, ow), geo  # type: ignore[union-attr]
+
+
+def avg_multiplier(count: int, amax: int) -> tuple[int, int]:
+    """(m, s) with ``round_shift(sum * m, s)`` ~ ``sum / count``: exact for powers of two, else the largest s <= 30 in int32."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if count & (count - 1) == 0:
+        return 1, count.bit_length() - 1
+    for s in range(30, -1, -1):
+        m = round(2.0**s / count)
+        if m >= 1 and m * count * max(1, amax) <= INT32_MAX:
+            return int(m), s
+    raise ValueError(f"an average over {count} values of up to {amax} cannot be taken in int32")  # pragma: no cover
+
+
+def _pool_op(name: str, mod: nn.Module, shape: tuple[int, ...], lo: int, hi: int) -> PoolOp:
+    """A max/average pooling layer on ``shape`` whose integer inputs lie in ``lo..hi``."""
+    c, h, w = _as_chw(name, shape, type(mod).__name__)
+    one_d = isinstance(mod, (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d))
+    if one_d and h != 1:
+        raise ValueError(f"layer {name!r}: {type(mod).__name__} needs a (C, L) input, got shape {shape}")
+    if isinstance(mod, _ADAPTIVE):
+        osz = _pair(mod.output_size)
+        oh, ow = (1, osz[0]) if one_d else ((osz * 2) if len(osz) == 1 else osz)[:2]
+        oh = h if oh is None else oh
+        ow = w if ow is None else ow
+        if h % oh or w % ow:
+            raise _unsupported(name, mod, f"output size {(oh, ow)} does not divide the input {(h, w)} (windows would differ)")
+        kh, kw, sh, sw = h // oh, w // ow, h // oh, w // ow
+    else:
+        k, st = _pair(mod.kernel_size), _pair(mod.stride if mod.stride is not None else mod.kernel_size)
+        if one_d:
+            (kh, kw), (sh, sw) = (1, k[0]), (1, st[0])
+        else:
+            kh, kw = (k * 2)[:2]
+            sh, sw = (st * 2)[:2]
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"layer {name!r}: input {shape} is too small for a {kh}x{kw} pool")
+    kind = "max" if isinstance(mod, _MAXPOOL) else "avg"
+    m, s = avg_multiplier(kh * kw, max(abs(lo), abs(hi))) if kind == "avg" else (1, 0)
+    return PoolOp(name, (c, h, w), (c, oh, ow), lo < 0, kind, (kh, kw), (sh, sw), m, s, int(lo), int(hi))
 
 
 # --------------------------------------------------------------------------- lowering
@@ -596,29 +712,24 @@ def lower(
     bi = 0
     for item in seq:
         if not isinstance(item, _Block):
-            name, _ = item
-            if len(shape) != 3:
-                raise ValueError(f"layer {name!r}: MaxPool2d needs a (C, H, W) input, got shape {shape}")
-            c, h, wd = shape
             prev = prog.ops[-1] if prog.ops else None
-            signed = (prev.out_lo < 0) if isinstance(prev, ComputeOp) else (prog.input_lo < 0 if prev is None else prev.signed)
-            out = (c, h // 2, wd // 2)
-            prog.ops.append(PoolOp(name, (c, h, wd), out, signed))
-            shape = out
+            if isinstance(prev, ComputeOp):
+                lo, hi = prev.out_lo, prev.out_hi
+            else:
+                lo, hi = (prog.input_lo, prog.input_hi) if prev is None else (prev.lo, prev.hi)
+            pool = _pool_op(item[0], item[1], shape, lo, hi)
+            prog.ops.append(pool)
+            shape = pool.out_shape
             continue
         b = item
         w = weights[b.name]
         a = acts[b.name]
         mod = b.mod
         last = bi == len(blocks) - 1
-        if isinstance(mod, nn.Conv2d):
-            if len(shape) != 3 or shape[0] != mod.in_channels:
-                raise ValueError(f"layer {b.name!r}: expects {mod.in_channels} input channels, gets shape {shape}")
-            pad = int(mod.padding[0])
-            oh, ow = shape[1] + 2 * pad - 2, shape[2] + 2 * pad - 2
-            if oh < 1 or ow < 1:
-                raise ValueError(f"layer {b.name!r}: input {shape} is too small for a 3x3 convolution")
-            in_shape, out_shape, op = shape, (mod.out_channels, oh, ow), "conv"
+        geo: dict[str, object] = {}
+        if isinstance(mod, _CONV):
+            in_shape, out_shape, geo = _conv_geometry(b.name, mod, shape)
+            op, pad = "conv", geo.pop("pad")
         else:
             nin = int(math.prod(shape))
             if nin != mod.in_features:  # type: ignore[union-attr]
@@ -677,7 +788,7 @@ def lower(
                 pt_lo=pt_lo, pt_stride=pt_stride, pt_table=pt_table, mult=mult, bias=bq, shift=s,
                 in_lo=a.lo, in_hi=a.hi, out_lo=int(out_lo), out_hi=int(out_hi), in_shape=tuple(in_shape),
                 out_shape=tuple(out_shape), pad=pad, last=last, weight_format=mod.encode_weight().fmt.spec,  # type: ignore[union-attr]
-                code_bits=w.code_bits, t=w.t,
+                code_bits=w.code_bits, t=w.t, **geo,  # type: ignore[arg-type]
             )
         )
         shape = tuple(out_shape)

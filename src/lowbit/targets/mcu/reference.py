@@ -7,6 +7,8 @@ is exact for integers below 2^53 (the bounds keep them below 2^31).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -79,13 +81,50 @@ def _dot(op: ComputeOp, a: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _im2col(x: np.ndarray, pad: int) -> np.ndarray:
-    """[N, C, H, W] -> [N, oh*ow, C*9] in (c, ky, kx) order, zero padding."""
-    if pad:
-        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    win = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))  # N, C, oh, ow, 3, 3
-    n, c, oh, ow = win.shape[:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n, oh * ow, c * 9)
+def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """[N, C, H, W] -> [N, C, oh, ow, kh, kw] (a view): the input window of every output position."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    win = np.lib.stride_tricks.sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, : out_hw[0], : out_hw[1]]
+
+
+def _im2col(x: np.ndarray, op: ComputeOp) -> np.ndarray:
+    """[N, C, H, W] -> [N, oh*ow, C, kh*kw] in (c, ky, kx) order, zero padding."""
+    pt, pl, pb, pr = op.pads
+    if pt or pl or pb or pr:
+        x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    win = _windows(x, op.kernel, op.stride, op.dilation, op.out_shape[1:])  # N, C, oh, ow, kh, kw
+    n, c, oh, ow, kh, kw = win.shape
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n, oh * ow, c, kh * kw)
+
+
+def _conv(op: ComputeOp, a: np.ndarray) -> np.ndarray:
+    """``acc`` [N, cout, P] of a (grouped) convolution: group g's rows read input channels g*cin/groups.."""
+    n = a.shape[0]
+    cols = _im2col(a.reshape(n, *op.in_shape), op)
+    p, cin = cols.shape[1], cols.shape[2]
+    g = op.groups
+    if g == 1:
+        return _dot(op, cols.reshape(n * p, -1)).reshape(n, p, op.cout).transpose(0, 2, 1)
+    cpg, opg = cin // g, op.cout // g
+    acc = np.empty((n, op.cout, p), dtype=np.int64)
+    for k in range(g):
+        rows = slice(k * opg, (k + 1) * opg)
+        sub = dataclasses.replace(op, codes=op.codes[rows], values=op.values[rows])
+        part = cols[:, :, k * cpg : (k + 1) * cpg].reshape(n * p, -1)
+        acc[:, rows] = _dot(sub, part).reshape(n, p, opg).transpose(0, 2, 1)
+    return acc
+
+
+def _pool(op: PoolOp, a: np.ndarray) -> np.ndarray:
+    """Max or average pooling on integers [N, C, H, W], as the C loop does it."""
+    c, oh, ow = op.out_shape
+    win = _windows(a, op.kernel, op.stride, (1, 1), (oh, ow))
+    if op.kind == "max":
+        return win.max(axis=(4, 5))
+    total = win.sum(axis=(4, 5), dtype=np.int64)
+    _check(op.name, "sum * m", total * op.mult)
+    return np.clip(round_shift(total * op.mult, op.shift), op.lo, op.hi)
 
 
 def _bias_term(op: ComputeOp, dcum: np.ndarray) -> np.ndarray:
@@ -106,19 +145,30 @@ def run(program: IntProgram, x: "np.ndarray | Tensor") -> np.ndarray:
         raise ValueError(f"x must hold {program.input_size} integers per input, got {a.shape[1]}")
     if a.size and (a.min() < program.input_lo or a.max() > program.input_hi):
         raise ValueError(f"x must lie in {program.input_lo}..{program.input_hi} (use program.quantize_input)")
+    # every sample is independent: chunks bound the im2col memory of large inputs
+    chunk = max(1, (1 << 24) // max(1, _largest_cols(program)))
+    if n > chunk:
+        return np.concatenate([_run(program, a[i : i + chunk]) for i in range(0, n, chunk)])
+    return _run(program, a)
+
+
+def _largest_cols(program: IntProgram) -> int:
+    """Integers in the largest im2col matrix of one sample."""
+    return max([o.positions * o.n * o.groups if o.op == "conv" else o.n for o in program.compute_ops], default=1)
+
+
+def _run(program: IntProgram, a: np.ndarray) -> np.ndarray:
+    n = a.shape[0]
     a = a.reshape(n, *program.input_shape)
     dcum = np.zeros(n, dtype=np.int64)
     for op in program.ops:
         if isinstance(op, PoolOp):
-            c, oh, ow = op.out_shape
-            a = a[:, :, : 2 * oh, : 2 * ow].reshape(n, c, oh, 2, ow, 2).max(axis=(3, 5))
+            a = _pool(op, a.reshape(n, *op.in_shape))
             continue
         if op.op == "dense":
             acc = _dot(op, a.reshape(n, -1))  # [N, cout]
         else:
-            cols = _im2col(a.reshape(n, *op.in_shape), op.pad)
-            p = cols.shape[1]
-            acc = _dot(op, cols.reshape(n * p, -1)).reshape(n, p, op.cout).transpose(0, 2, 1)  # [N, cout, P]
+            acc = _conv(op, a)  # [N, cout, P]
         mult = op.mult.reshape((1, -1) + (1,) * (acc.ndim - 2))
         bterm = _bias_term(op, dcum) if program.dynamic else np.broadcast_to(op.bias[None, :], (n, op.cout))
         bterm = bterm.reshape(bterm.shape + (1,) * (acc.ndim - 2))

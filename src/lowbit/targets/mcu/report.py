@@ -4,7 +4,8 @@
   product tables, the op table) + a code-size estimate for the kernels the model uses
   (typical Cortex-M0+/RV32 ``-Os`` sizes; the real number depends on the compiler);
 - RAM = the largest pair of activation buffers (a layer's input and output, both int8)
-  + the 3x3 im2col buffer (conv) + the int32 output buffer (dynamic shift) + the int32 logits.
+  + the im2col buffer of one output position and group (conv; depthwise: kh*kw bytes)
+  + the int32 output buffer (dynamic shift) + the int32 logits.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ _CODE_KERNEL = 160  # one inner-loop kernel
 _CODE_CONV = 320  # im2col gather
 _CODE_POOL = 180
 _CODE_DYNAMIC = 200
-_OP_STRUCT = 76  # sizeof(lb_op) on a 32-bit target
+_OP_STRUCT = 96  # sizeof(lb_op) on a 32-bit target: 4 uint8, 15 int16 (+2 padding), 2 int32, 5 pointers, 8 int32
 
 
 def parse_bytes(text: "str | int") -> int:
