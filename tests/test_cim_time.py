@@ -131,3 +131,49 @@ def test_helpers_and_bad_input() -> None:
     with pytest.raises(TypeError, match="drift_compensation"):
         CrossbarConfig(drift_compensation=1)  # type: ignore[arg-type]
     assert math.isclose(CrossbarConfig(t0=2.0, t_seconds=4.0).t_seconds, 4.0)
+
+
+def test_fault_rate_zero_and_retention_zero_change_nothing() -> None:
+    m, x = _model(), _x()
+    base = simulate(m, CrossbarConfig(cell_bits=2, rows=16, adc_bits=6, variation=0.1))(x)
+    for kw in (dict(fault_rate=0.0), dict(retention=(0.0, 0.0)), dict(retention=(0.0, 0.0), fault_rate=0.0, drift_nu=(0.0, 0.0))):
+        cfg = CrossbarConfig(cell_bits=2, rows=16, adc_bits=6, variation=0.1, t_seconds=365 * DAY, **kw)  # type: ignore[arg-type]
+        assert torch.equal(simulate(m, cfg)(x), base)
+    assert CrossbarConfig(retention=(0.0, 0.0), t_seconds=DAY, adc_bits=None).ideal
+    assert not CrossbarConfig(fault_rate=0.01, t_seconds=DAY, adc_bits=None).ideal
+
+
+def test_faults_appear_monotonically_with_time_at_the_documented_rate() -> None:
+    from lowbit.targets.cim import age
+
+    g = torch.full((200000,), 1.5)  # 2-bit cells at a level no stuck cell has (0 or 3)
+    stuck = []
+    for t in (1.0, 10.0, 3600.0, DAY, 30 * DAY, 365 * DAY):
+        cfg = CrossbarConfig(cell_bits=2, fault_rate=0.01, t_seconds=t)
+        out = age(g, cfg, torch.Generator().manual_seed(7))
+        mask = out != 1.5
+        assert set(out[mask].unique().tolist()) <= {0.0, 3.0}
+        if stuck:
+            assert bool((mask >= stuck[-1]).all())  # a cell stuck earlier is still stuck (and at the same level)
+        stuck.append(mask)
+        expected = 1 - 0.99 ** math.log10(t)
+        assert abs(float(mask.float().mean()) - expected) < 0.002, (t, float(mask.float().mean()), expected)
+    assert int(stuck[0].sum()) == 0 and int(stuck[-1].sum()) > int(stuck[2].sum()) > 0
+
+
+def test_retention_relaxes_toward_the_middle_with_log_time_spread() -> None:
+    from lowbit.targets.cim import age
+
+    g = torch.cat([torch.zeros(50000), torch.full((50000,), 3.0)])
+    cfg = CrossbarConfig(cell_bits=2, retention=(0.05, 0.02), t_seconds=1e4)  # 4 decades: 20 % of the way to 1.5
+    out = age(g, cfg, torch.Generator().manual_seed(0))
+    lo, hi = out[:50000], out[50000:]
+    assert abs(float(hi.mean()) - (3.0 - 0.2 * 1.5)) < 0.01
+    assert abs(float(hi.std()) - 0.02 * 4 * 3) < 0.01  # sigma * decades * range
+    assert float(lo.min()) >= 0.0  # clipped at zero conductance
+    assert float(lo.mean()) > 0.2  # the off state relaxes upward
+    assert torch.equal(age(g, CrossbarConfig(cell_bits=2, retention=(0.05, 0.02))), g)  # read at t0
+    with pytest.raises(ValueError, match="retention"):
+        CrossbarConfig(retention=(1.5, 0.0))
+    with pytest.raises(ValueError, match="fault_rate"):
+        CrossbarConfig(fault_rate=-0.1)

@@ -10,7 +10,7 @@ from .aware import NOISE_MODELS, adc_ste, cell_noise, noise_aware, weight_noise_
 from .array import CrossbarArray, adc, combine_slices, n_slices, slice_codes, tile_layout
 from .config import CrossbarConfig
 from .cost import CostParams, LayerCost, adc_energy, cost, cost_table
-from .drift import compensation_scale, drift_factors, with_read_noise
+from .drift import age, compensation_scale, drift_factors, with_read_noise
 from .layers import CrossbarLayer, weight_grid
 from .simulate import crossbar_layers, simulate
 
@@ -26,6 +26,7 @@ __all__ = [
     "cost_table",
     "adc",
     "adc_ste",
+    "age",
     "cell_noise",
     "combine_slices",
     "compensation_scale",

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import CrossbarConfig
-from .drift import compensation_scale, drift_factors, with_read_noise
+from .drift import age, compensation_scale, with_read_noise
 
 __all__ = ["slice_codes", "combine_slices", "adc", "tile_layout", "n_slices", "CrossbarArray"]
 
@@ -128,11 +128,11 @@ class CrossbarArray(nn.Module):
         self.register_buffer("g_pos", self._program(self._tile(pos), generator))  # [T, R, S*C]
         self.register_buffer("g_ref", self._program(self._tile(ref), generator))  # [T, R, S*C'] (C' = 1 or C)
         self.drift_scale = 1.0  # global drift compensation factor (1: none)
-        if cfg.drifts:
-            # Drift draws come from their own generator so that the chip's variation and faults stay the same chip.
+        if cfg.ages:
+            # Time draws come from their own generator so that the chip's variation and faults stay the same chip.
             ref_read = self._reference_read() if cfg.drift_compensation else None
-            self.g_pos.mul_(drift_factors(self.g_pos.shape, cfg, drift_generator))
-            self.g_ref.mul_(drift_factors(self.g_ref.shape, cfg, drift_generator))
+            self.g_pos.copy_(age(self.g_pos, cfg, drift_generator))
+            self.g_ref.copy_(age(self.g_ref, cfg, drift_generator))
             if ref_read is not None:
                 self.drift_scale = compensation_scale(ref_read, self._reference_read())
 

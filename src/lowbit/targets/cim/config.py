@@ -85,6 +85,11 @@ class CrossbarConfig:
     - ``drift_compensation``: global drift compensation, one digital scalar per layer from a
       reference read at programming time (as aihwkit's ``GlobalDriftCompensation``).
     - ``read_noise``: std of a multiplicative Gaussian on every conductance, redrawn per forward.
+    - ``retention``: ``(relax, sigma)`` per decade of ``t/t0``, RRAM-style (None: none): each cell
+      moves ``relax * log10(t/t0)`` of the way (at most all of it) toward the mid-range conductance
+      and spreads by ``sigma * log10(t/t0)`` of the cell's range, see :mod:`.drift`.
+    - ``fault_rate``: fraction of the still-working cells that become stuck (at G_min or G_max,
+      even odds) per decade of ``t/t0``; a cell stuck at ``t`` stays stuck later.
     """
 
     cell_bits: int = 1
@@ -109,6 +114,8 @@ class CrossbarConfig:
     t0: float = 1.0
     drift_compensation: bool = False
     read_noise: float = 0.0
+    retention: tuple[float, float] | None = None
+    fault_rate: float = 0.0
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> "CrossbarConfig":
@@ -172,11 +179,30 @@ class CrossbarConfig:
         if not isinstance(self.drift_compensation, bool):
             raise TypeError(f"drift_compensation must be a bool, got {self.drift_compensation!r}")
         _fraction("read_noise", self.read_noise, hi=10.0)
+        ret = self.retention
+        if ret is not None:
+            if (not isinstance(ret, (tuple, list)) or len(ret) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in ret)
+                    or ret[0] > 1):  # fmt: skip
+                raise ValueError(f"retention must be None or a (relax, sigma) pair per decade, relax in [0, 1], sigma >= 0, got {ret!r}")
+            object.__setattr__(self, "retention", (float(ret[0]), float(ret[1])))
+        _fraction("fault_rate", self.fault_rate)
 
     @property
     def drifts(self) -> bool:
         """True when the read happens after ``t0`` with a drift model set (ν may still be 0)."""
         return self.drift_nu is not None and self.t_seconds is not None and self.t_seconds > self.t0
+
+    @property
+    def ages(self) -> bool:
+        """True when the read happens after ``t0`` with any time model set (drift, retention or faults over time)."""
+        late = self.t_seconds is not None and self.t_seconds > self.t0
+        return late and (self.drift_nu is not None or self.retention is not None or self.fault_rate > 0)
+
+    @property
+    def decades(self) -> float:
+        """``log10(t/t0)`` of the read (0 at ``t0``)."""
+        return 0.0 if self.t_seconds is None else math.log10(self.t_seconds / self.t0)
 
     @property
     def cell_levels(self) -> int:
@@ -193,4 +219,5 @@ class CrossbarConfig:
         """True when the read-out is lossless: no ADC, ideal devices, no faults."""
         return (self.adc_bits is None and self.variation == 0 and math.isinf(self.on_off_ratio)
                 and self.stuck_at_zero == 0 and self.stuck_at_one == 0 and self.read_noise == 0
-                and (not self.drifts or self.drift_nu == (0.0, 0.0)))  # fmt: skip
+                and (not self.drifts or self.drift_nu == (0.0, 0.0))
+                and (not self.ages or ((self.retention is None or self.retention == (0.0, 0.0)) and self.fault_rate == 0)))  # fmt: skip

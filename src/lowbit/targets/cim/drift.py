@@ -12,6 +12,19 @@ undoes the average decay exactly and leaves the per-device spread of ``nu`` in p
 (Older aihwkit read ``max|y|`` of one all-ones input; the mean over one-hot reads is the
 current choice and less sensitive to a single outlier device.)
 
+RRAM retention (``retention=(relax, sigma)``; a simple form of the retention models in
+NeuroSim V1.3's ``wage_quantizer.Retention`` with ``detect=1``, where a conductance drifts
+toward a target state, and TorchInference_RRAM HEAD, whose per-level drift mean and variance
+grow with ``log10(t)``; see ../shared/reference/cim_pwfn.md §1.8): with ``d = log10(t/t0)``
+decades, a cell at ``g`` reads ``g + min(1, relax d) (g_mid - g) + sigma d L N(0, 1)`` (clipped
+at 0), where ``g_mid = g_min + L/2`` is the middle of the cell's range ``L = 2^cell_bits - 1``.
+Levels relax toward the middle (the filament's mean state) and spread linearly in log time.
+
+Stuck-at faults over time (``fault_rate = p`` per decade): by time ``t`` a fraction
+``1 - (1 - p)^d`` of the cells is stuck, half at ``g_min`` and half at ``g_min + L``. Each cell
+draws one uniform number for *when* it fails, so with a fixed seed the set of failed cells
+only grows with ``t``.
+
 Read noise: every read multiplies each conductance by ``1 + sigma * N(0, 1)`` (clipped at 0),
 drawn afresh per forward from torch's global generator (seed it with ``torch.manual_seed``).
 """
@@ -22,7 +35,7 @@ from torch import Tensor
 
 from .config import CrossbarConfig
 
-__all__ = ["drift_factors", "compensation_scale", "with_read_noise"]
+__all__ = ["drift_factors", "compensation_scale", "with_read_noise", "age"]
 
 _MIN_READOUT = 1e-4  # aihwkit's clamp: a dead layer gets a bounded scale, not a division by zero
 
@@ -50,3 +63,26 @@ def with_read_noise(g: Tensor, sigma: float) -> Tensor:
     if not sigma:
         return g
     return (g * (1 + sigma * torch.randn_like(g))).clamp_min(0.0)
+
+
+def age(g: Tensor, cfg: CrossbarConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Conductances ``g`` (level units, programmed at ``t0``) as read at ``cfg.t_seconds``: drift, retention, faults.
+
+    The draws' number does not depend on ``t``, so a seed gives one chip that ages.
+    """
+    if not cfg.ages:
+        return g
+    d = cfg.decades
+    levels = float(cfg.cell_levels)
+    out = g * drift_factors(g.shape, cfg, generator) if cfg.drift_nu is not None else g
+    if cfg.retention is not None:
+        relax, sigma = cfg.retention
+        mid = cfg.g_min + levels / 2
+        spread = torch.randn(g.shape, generator=generator)
+        out = (out + min(1.0, relax * d) * (mid - out) + sigma * d * levels * spread).clamp_min(0.0)
+    if cfg.fault_rate:
+        when = torch.rand(g.shape, generator=generator)  # a cell fails once its draw falls below the failed fraction
+        high = torch.rand(g.shape, generator=generator) < 0.5
+        failed = when < 1.0 - (1.0 - cfg.fault_rate) ** d
+        out = torch.where(failed, torch.where(high, cfg.g_min + levels, cfg.g_min), out)
+    return out
