@@ -89,6 +89,8 @@ class SNN(SpikingNetwork):
 
     def run(self, x: Tensor, record: bool = False) -> dict[str, object]:
         """Forward pass returning logits and, if ``record``, each layer's spikes and membrane traces."""
+        if getattr(self, "profile", None) is not None:  # a chip's integer arithmetic (lowbit.snn.profiles)
+            return self.profile.run(self, x, record)
         self.check_input(x)
         w = self.effective_weights()  # once per forward pass, not per time step
         h = x
