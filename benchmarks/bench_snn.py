@@ -3,6 +3,7 @@
     python benchmarks/bench_snn.py                 # step times + ablation (the README numbers)
     python benchmarks/bench_snn.py --timing-only   # step times only
     python benchmarks/bench_snn.py --threads 2 --seed 0
+    python benchmarks/bench_snn.py --only profiles --seeds 0 1   # float / 8-bit QAT / Loihi 2 / Xylo
 
 Step times: the same recurrent SNN (Randman-sized: 50 inputs, 128 hidden, 30 steps,
 batch 128) trained with float weights and states, fixed-point weights (quantized
@@ -60,6 +61,71 @@ def step_times(rounds: int = 15, steps: int = 30, hidden: int = 128, batch: int 
     return best
 
 
+# --------------------------------------------------------------------------- chip profiles (issue 18)
+
+
+def profile_rows(seed: int, log=print) -> dict[str, object]:
+    """Float vs 8-bit QAT vs the Loihi 2 and Xylo profiles on the ``lowbit snn`` task, plus the integer simulator check."""
+    import copy
+
+    import numpy as np
+
+    from lowbit.data.spiking import randman_raster, split
+    from lowbit.snn import evaluate, train
+    from lowbit.snn.intsim import compile_int, simulate
+    from lowbit.snn.profiles import apply_profile
+
+    cfg = AblationConfig(seed=seed)  # the lowbit snn task and its training settings
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    x, y = randman_raster(cfg.nb_classes, cfg.nb_units, cfg.nb_steps, 1.0, cfg.dim_manifold, 1, cfg.nb_samples,
+                          cfg.alpha, True, seed)
+    xtr, ytr, xte, yte = split(x, y, 0.2, seed=seed)
+    fp = SNN(cfg.nb_units, cfg.hidden, cfg.nb_classes, recurrent=cfg.recurrent, beta=cfg.beta, seed=seed)
+    train(fp, xtr, ytr, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
+    rows = {"float": evaluate(fp, xte, yte)}
+    log(f"seed {seed} float: {100 * rows['float']:.2f} %  ({time.perf_counter() - t0:.0f} s)")
+
+    def finetune(m: SNN) -> float:
+        train(m, xtr, ytr, epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=seed + 1)
+        return evaluate(m, xte, yte)
+
+    rows["float fine-tuned"] = finetune(copy.deepcopy(fp))
+    rows["QAT 8-bit (fxp8:p99, per population)"] = finetune(copy.deepcopy(fp).quantize_weights("fxp8:p99"))
+    log(f"seed {seed} QAT 8-bit: {100 * rows['QAT 8-bit (fxp8:p99, per population)']:.2f} %  "
+        f"({time.perf_counter() - t0:.0f} s)")
+    agree: dict[str, dict[str, float]] = {}
+    for name in ("loihi2", "xylo"):
+        m = apply_profile(copy.deepcopy(fp), name)
+        rows[f"{name} PTQ"] = evaluate(m, xte, yte)
+        rows[f"{name} QAT"] = finetune(m)
+        with torch.no_grad():
+            r = m.run(xte, record=True)
+        s = simulate(compile_int(m), xte)
+        same = all(np.array_equal(a.numpy().astype(np.int64), b) for a, b in zip(r["spikes"], s["spikes"]))
+        agree[name] = {"spikes_identical": float(same), "spike_rate": float(r["spikes"][0].mean()),
+                       "intsim_acc": float((torch.as_tensor(s["pred"]) == yte).float().mean())}
+        log(f"seed {seed} {name}: PTQ {100 * rows[f'{name} PTQ']:.2f} %, QAT {100 * rows[f'{name} QAT']:.2f} %, "
+            f"integer simulator spikes identical: {same}  ({time.perf_counter() - t0:.0f} s)")
+    return {"seed": seed, "acc": rows, "intsim": agree, "wall_s": time.perf_counter() - t0}
+
+
+def profile_table(results: list[dict[str, object]]) -> str:
+    """Mean over seeds (and each seed) as a markdown table, in percent."""
+    names = list(results[0]["acc"])  # type: ignore[arg-type]
+    seeds = [r["seed"] for r in results]
+    lines = ["| network | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]
+    for n in names:
+        v = [100 * r["acc"][n] for r in results]  # type: ignore[index]
+        lines.append(f"| {n} | " + " | ".join(f"{a:.2f}" for a in v) + f" | {sum(v) / len(v):.2f} |")
+    for chip in ("loihi2", "xylo"):
+        ok = all(r["intsim"][chip]["spikes_identical"] == 1.0 for r in results)  # type: ignore[index]
+        lines.append(f"| {chip}: integer simulator spikes == fake-quant spikes (test set, every neuron and step) | "
+                     + " | ".join("yes" if r["intsim"][chip]["spikes_identical"] else "NO" for r in results)  # type: ignore[index]
+                     + f" | {'yes' if ok else 'NO'} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     """Run the benchmark and print (and save) the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,9 +134,23 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--timing-only", action="store_true")
     ap.add_argument("--report-dir", default="reports/snn")
+    ap.add_argument("--only", choices=["profiles"], default=None, help="profiles: float / 8-bit QAT / Loihi 2 / Xylo only")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of --only profiles (default 0 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.only == "profiles":
+        from lowbit.fileio import write_text
+
+        res = [profile_rows(s, log=lambda m: print(m, flush=True)) for s in args.seeds]
+        table = profile_table(res)
+        print()
+        print(table)
+        out = Path(args.report_dir)
+        write_text(out / "profiles.md", table + "\n")
+        write_text(out / "profiles.json", json.dumps(res, indent=1) + "\n")
+        print(f"report: {out / 'profiles.md'}, {out / 'profiles.json'}")
+        return 0
     t = step_times(args.rounds, seed=args.seed)
     f = t["float"]
     lines = ["| variant | step (ms) | vs float |", "|---|---|---|"]
