@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..formats import Format
 from .registry import register_range
-from .scale import _check_finite, percentile, scale_from_range
+from .scale import _check_finite, all_finite, percentile, scale_from_range
 
 __all__ = ["RangeEstimator", "MinMax", "Percentile", "MSE"]
 
@@ -49,8 +49,8 @@ class Percentile(RangeEstimator):
         self.spec = f"p{p:g}"
 
     def __call__(self, rows: Tensor, fmt: Format) -> tuple[Tensor, Tensor]:
-        # A percentile can hide an Inf or NaN, so check the data itself.
-        if not torch.isfinite(rows).all():
+        # A percentile can hide an Inf or NaN, so check the data itself (all_finite: one pass).
+        if not all_finite(rows):
             raise ValueError("x contains NaN or Inf values; clean the tensor before quantizing it")
         if fmt.symmetric:
             pos = percentile(rows, self.p, rows > 0)
