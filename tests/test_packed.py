@@ -117,9 +117,11 @@ def test_choice_is_measured_once_and_cached() -> None:
     a(torch.randn(1, 256))
     key = ("int8", 96, 256, "float32", "1")
     table = kernels.measured_table()
-    assert key in table
-    kernels._TABLE[key] = not table[key]  # a cached entry is used as is, never re-measured
-    assert kernels.choice(a[0].kernel, 96, 256, torch.float32, 1, a[0]) is (not table[key])
+    assert table[key] in ("int8", "int8@bf16", "decode")
+    other = "decode" if table[key] != "decode" else "int8"
+    kernels._TABLE[key] = other  # a cached entry is used as is, never re-measured
+    assert kernels.path_for(a[0].kernel, 96, 256, torch.float32, 1, a[0]) == other
+    assert kernels.choice(a[0].kernel, 96, 256, torch.float32, 1, a[0]) is (other != "decode")
     kernels._TABLE[key] = table[key]
 
 
@@ -129,7 +131,7 @@ def test_inspect_reports_format_bits_bytes_and_kernel(capsys) -> None:
     assert [r.name for r in rows] == ["0", "2"]
     assert rows[0].format == "int4" and rows[0].bits == 4
     assert rows[0].nbytes == 128 * 256 // 2 + 128 * 256 // 64 * 4
-    assert rows[0].kernel_bf16 in ("int4", "exact")
+    assert rows[0].kernel_bf16 in ("int4", "decode")
     assert "int4" in capsys.readouterr().out
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         lowbit.inspect("model")  # type: ignore[arg-type]

@@ -14,7 +14,11 @@ __all__ = ["LayerReport", "inspect", "layer_reports"]
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One layer: name, format, storage bits, bytes held for its weight, the path taken per activation dtype (batch 1)."""
+    """One layer: name, format, storage bits, bytes held for its weight, the path taken per activation dtype (batch 1).
+
+    A path is ``"exact"`` (decode the whole weight, bit-equal), a kernel's name (``"int8"``, ``"int4"``,
+    ``"int8x8"``), ``"<kernel>@bf16"`` (float32 activations through the kernel in bfloat16) or
+    ``"decode"`` (the kernel's layout decoded block by block), as :func:`lowbit.nn.kernels.path_for` measured."""
 
     name: str
     format: str
@@ -32,7 +36,7 @@ def _path(layer: QuantLayer, dtype: torch.dtype) -> str:
     if k is None:
         return "exact"
     n, kk = layer._qmeta.shape
-    return k.name if kernels.choice(k, n, kk, dtype, 1, layer) else "exact"
+    return kernels.path_for(k, n, kk, dtype, 1, layer)  # e.g. "int4", "int8@bf16", "int8x8", "decode"
 
 
 def layer_reports(model: nn.Module) -> list[LayerReport]:
