@@ -37,6 +37,18 @@ Norse 1.1's ``from_nir`` give the same spikes and readout potential as lowbit):
   (lowbit subtracts ``thr`` after the next decay, snnTorch's default order) or ``reset_delay=False``
   for an ``EventPropSNN`` (which subtracts at once). Norse's ``reset_subtract`` subtracts at once,
   before the decay: right for EventProp; an ``SNN`` needs ``v - z * thr / beta``.
+- A :class:`~lowbit.snn.conv.ConvSNN` is ``Conv2d``/``Conv1d`` (``input_shape`` set, zero bias) ->
+  LIF -> ``SumPool2d``/``AvgPool2d`` -> ... -> ``Flatten`` -> ``Linear`` -> readout.
+  ``to_nir(pool="sum"|"avg")`` writes the other pooling node than the model's, the window size
+  folded into the next weights (tests/test_nir_conv.py: snnTorch reads both -- ``SumPool2d``
+  through nirtorch's default map --, Norse 1.1 only ``SumPool2d``). Neither reader maps ``Conv1d``
+  nor a 1-d pooling (NIR has none): ``portable=True`` writes a Conv1d network as the Conv2d network
+  over frames of height 1 (the reader feeds ``[batch, C, 1, L]``). NIR's ``Flatten`` counts no batch
+  axis (``start_dim=0``, written so by default), but both readers build
+  ``torch.nn.Flatten(start_dim, end_dim)`` from it as is: the portable graph writes ``start_dim=1``
+  and is built without NIR's type check (read its file with ``nir.read(path, type_check=False)``).
+- Reading NIR back (:func:`from_nir`, in :mod:`lowbit.snn.nir_import`): snnTorch's
+  ``export_to_nir`` graphs and lowbit's own feed-forward ones become an ``SNN``.
 - EventProp's sub-step spike timing (graded ``phi`` / ``1 - phi`` delivery) is not expressible: the
   readers deliver whole spikes at the step, so they match the hidden spikes of a feed-forward
   ``EventPropSNN`` and the readout those spikes drive, not its graded readout or recurrence.
