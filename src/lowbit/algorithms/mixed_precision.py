@@ -5,6 +5,8 @@ than ``budget`` bits on average, the step (one layer, one bit width down) with t
 sensitivity added per bit saved is taken. Ties go to the larger layer (more bits saved). The bits the last step overshot are then
 spent back on the upgrades that remove the most sensitivity per bit while the budget holds.
 The answer is an ordinary config string (``*=<spec at the widest bits>,<layer>=<spec>,...``).
+Measure the sensitivities with the rounding ``method`` that will quantize the model: with GPTQ
+a layer at 2 bits costs far less than with nearest rounding, so the budget goes elsewhere.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ def mixed_precision(
     spec: str = DEFAULT_SPEC,
     measure: str = "loss",
     sens: Sensitivity | None = None,
+    method: str = "nearest",
     **kwargs: object,
 ) -> str:
     """A config string giving each Conv/Linear layer its bits under an average of ``budget`` bits per weight."""
@@ -83,7 +86,8 @@ def mixed_precision(
         if data is None and measure != "hessian":
             raise ValueError("data=<(inputs, labels) batches> is needed for measured sensitivities (or measure='hessian')")
         sens = sensitivity(model, calib, data, bits=bits, spec=spec,
-                           measured=measure != "hessian", hessian=measure == "hessian", **kwargs)  # type: ignore[arg-type]
+                           measured=measure != "hessian", hessian=measure == "hessian", method=method,
+                           **kwargs)  # type: ignore[arg-type]
     choice = choose_bits(sens, budget, measure)
     top = max(sens.bits)
     items = [f"*={spec.format(b=top)}"] + [f"{n}={spec.format(b=b)}" for n, b in choice.items() if b != top]
