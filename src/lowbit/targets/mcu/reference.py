@@ -107,6 +107,17 @@ def _conv(op: ComputeOp, a: np.ndarray) -> np.ndarray:
     if g == 1:
         return _dot(op, cols.reshape(n * p, -1)).reshape(n, p, op.cout).transpose(0, 2, 1)
     cpg, opg = cin // g, op.cout // g
+    if op.kind != "pt":  # all groups at once (depthwise: 64 tiny dot products per position)
+        x = cols.reshape(n * p, g, cpg * cols.shape[3]).astype(np.float64)
+        w = (op.codes if op.affine else op.values).reshape(g, opg, -1).astype(np.float64)
+        raw = np.rint(np.einsum("mgk,gok->mgo", x, w)).astype(np.int64).reshape(n, p, op.cout)
+        if op.affine:
+            _check(op.name, "sum(a * code)", raw)
+            sumx = np.repeat(x.sum(axis=2).astype(np.int64), opg, axis=1).reshape(n, p, op.cout)
+            _check(op.name, "off * sum(a)", op.off * sumx)
+            raw = op.off * sumx + op.step * raw
+        _check(op.name, "the accumulator", raw)
+        return raw.transpose(0, 2, 1)
     acc = np.empty((n, op.cout, p), dtype=np.int64)
     for k in range(g):
         rows = slice(k * opg, (k + 1) * opg)

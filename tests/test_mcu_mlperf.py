@@ -1,0 +1,98 @@
+"""The MLPerf Tiny reference shapes through the MCU export, random weights and synthetic inputs:
+DS-CNN keyword spotting (49x10 MFCC input; a (10, 4) stride-2 stem, depthwise and pointwise
+convs, global average pooling) as int8, int4 and mixed 8/4/2 (8-bit stem, 2-bit pointwise,
+4-bit depthwise and classifier). On 200 inputs per weight type the int32 logits of the C code
+equal the NumPy integer reference bit for bit, on the host compiler and in QEMU for rv32imc and
+Cortex-M4; the linked flash/RAM of the 4-bit model fits a 64 KB flash / 20 KB RAM part.
+
+Without the cross toolchains the emulated tests skip naming what is missing -- except in CI.
+"""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.models.zoo import DSCNN
+from lowbit.targets.mcu import export, reference
+from lowbit.targets.mcu.cross import build_target, linked_size, model_size, run_target
+from lowbit.targets.mcu.toolchain import compile_harness, find_cc, run_harness
+
+from test_mcu_cross import _need  # tests/test_mcu_cross.py: skip here, fail in CI
+
+pytestmark = pytest.mark.skipif(find_cc() is None, reason="needs a system C compiler (cc)")
+
+N_INPUTS = 200
+# MFCC features are signed: the stem's input is int8, later layers' uint8 (after ReLU)
+DSCNN_TYPES = {
+    "int8": ("w8,a8,a:stem=int8", ["i8"] * 10),
+    "int4": ("w4,a8,a:stem=int8", ["p4"] * 10),
+    "mixed-8/4/2": ("w4,stem=int8:channel,blocks.*.3=int2:channel,a8,a:stem=int8", ["i8"] + ["p4", "p2"] * 4 + ["p4"]),
+}
+
+
+def warm_dscnn(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
+    """DS-CNN (64 filters, 12 classes) with random weights and BatchNorm statistics from synthetic inputs."""
+    torch.manual_seed(seed)
+    model = DSCNN((1, 49, 10), 12)
+    x = torch.randn((N_INPUTS, 1, 49, 10), generator=torch.Generator().manual_seed(seed + 1))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    return model.eval(), x
+
+
+@pytest.fixture(scope="module")
+def dscnn_float():
+    return warm_dscnn()
+
+
+@pytest.fixture(scope="module", params=list(DSCNN_TYPES))
+def dscnn(request, dscnn_float, tmp_path_factory):
+    model, x = dscnn_float
+    config, kinds = DSCNN_TYPES[request.param]
+    q = lowbit.quantize(copy.deepcopy(model), config, calib=[(x, None)])
+    out = tmp_path_factory.mktemp("dscnn")
+    res = export(q, out / "host", calib=x, harness=True)
+    xi = res.program.quantize_input(x)
+    with torch.no_grad():
+        fq = lowbit.convert(q)(x).numpy()
+    return SimpleNamespace(name=request.param, q=q, x=x, out=out, res=res, xi=xi, kinds=kinds, fq=fq,
+                           ref=reference.run(res.program, xi), host=run_harness(compile_harness(out / "host"), res.program, xi))
+
+
+def test_dscnn_host_c_equals_reference(dscnn):
+    prog = dscnn.res.program
+    assert [o.kind for o in prog.compute_ops] == dscnn.kinds
+    stem, dw, pw = prog.compute_ops[:3]
+    assert (stem.kernel, stem.stride, stem.pads, stem.out_shape) == ((10, 4), (2, 2), (5, 1, 5, 1), (64, 25, 5))
+    assert (dw.groups, dw.n, pw.kernel, pw.n) == (64, 9, (1, 1), 64)
+    assert prog.input_lo == -128 and dscnn.xi.shape == (N_INPUTS, 490)
+    np.testing.assert_array_equal(dscnn.host, dscnn.ref, err_msg=dscnn.name)
+    assert dscnn.host.shape == (N_INPUTS, 12) and len(np.unique(dscnn.host)) > 150
+    # the integer model follows the fake-quantized one
+    r = np.corrcoef(dscnn.fq.ravel(), dscnn.ref.astype(np.float64).ravel())[0, 1]
+    assert r > 0.99, (dscnn.name, r)
+    assert (dscnn.fq.argmax(1) == dscnn.ref.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("tgt", ["rv32imc", "cortex-m4"])
+def test_dscnn_emulated_equals_reference(dscnn, tgt):
+    _need(tgt)
+    d = dscnn.out / tgt
+    res = export(dscnn.q, d, calib=dscnn.x, harness=True, target=tgt)
+    elf = build_target(d, tgt)
+    c = run_target(elf, tgt, res.program, dscnn.xi, timeout=600)
+    np.testing.assert_array_equal(c, dscnn.ref, err_msg=f"{dscnn.name} on {tgt}")
+    model = model_size(d / "lowbit_model.map")
+    image = linked_size(elf, tgt)
+    # the linker's numbers beside the estimate: weights and buffers are most of both
+    assert res.report.weights < model.flash <= res.report.flash * 1.15, (model, res.report.flash)
+    assert res.report.activations <= model.ram <= res.report.ram, (model, res.report.ram)
+    if dscnn.name != "int8":  # the 4-bit and mixed models fit a 64 KB flash / 20 KB RAM part, harness and libc included
+        assert image.flash <= 64 * 1024 and image.ram + image.stack <= 20 * 1024, (dscnn.name, tgt, image)
