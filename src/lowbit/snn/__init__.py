@@ -10,9 +10,11 @@
 - :mod:`~lowbit.snn.verbs` -- ``lowbit.quantize`` / ``prepare_qat`` / ``convert`` / ``save`` / ``load`` for both networks;
 - :mod:`~lowbit.snn.train` -- ``train`` (BPTT), ``evaluate``;  :mod:`~lowbit.snn.ablation` -- the FP/PTQ/QAT/SQUAT table.
 
-NIR export is a target: :func:`lowbit.targets.nir.export_nir`.
+NIR export is a target: :func:`lowbit.targets.nir.export_nir`. :mod:`~lowbit.snn.conv` -- ``ConvSNN``
+(Conv1d/Conv2d + LIF, pooling); :mod:`~lowbit.snn.nir_import` -- ``from_nir`` (a NIR graph into an ``SNN``).
 """
 from .base import SpikingNetwork
+from .conv import ConvSNN
 from .encoders import latency_encode, rate_encode
 from .eventprop import EventPropSNN
 from .eventprop_train import train_eventprop
@@ -35,6 +37,7 @@ __all__ = [
     "LIFState",
     "RLIF",
     "SNN",
+    "ConvSNN",
     "EventPropSNN",
     "SpikingNetwork",
     "StateQuantizer",
