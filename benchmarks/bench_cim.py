@@ -10,6 +10,12 @@
 
     python benchmarks/bench_cim.py --presets [--seeds 0] [--epochs 10]
 
+``--cost`` prints the energy / latency / area per inference (``lowbit.targets.cim.cost``, its
+docstring cites each parameter) over ``lowbit cim``'s sweep, cells 1/2 bits x ADC 4/5/6/8
+bits, with the ADC's share of the energy, for both signed schemes:
+
+    python benchmarks/bench_cim.py --cost
+
 Prints a markdown table. The model is the small VGG (widths 16, 32) of ``lowbit cim``
 with W4 DoReFa weights and 4-bit PACT activations (untrained: timing does not depend
 on the weights); the first conv and the classifier stay digital, as in ``lowbit cim``.
@@ -104,10 +110,19 @@ def main() -> None:
     ap.add_argument("--presets", action="store_true", help="the accuracy table under both crossbar presets")
     ap.add_argument("--seeds", default="0", help="training and device seeds for --presets (default 0)")
     ap.add_argument("--epochs", type=int, default=10, help="QAT epochs for --presets (default 10, as lowbit cim)")
+    ap.add_argument("--cost", action="store_true", help="energy / latency / area over the lowbit cim sweep")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.presets:
         print(presets_table([int(s) for s in args.seeds.split(",")], args.epochs))
+        return
+    if args.cost:
+        from lowbit.commands.cim import cost_sweep
+
+        x1 = torch.rand(1, 1, 8, 8)
+        for signed in ("dummy", "differential"):
+            print(f"\nsigned={signed}, digits W4A4 VGG (16, 32), first conv and classifier digital, one 8x8 image\n")
+            print(cost_sweep(_model(), [1, 2], [4, 5, 6, 8], x1, ("features.0", "classifier"), signed=signed))
         return
     torch.manual_seed(0)
     model = _model()

@@ -1,6 +1,6 @@
 """Hardware-aware training on crossbars: the W4A4 digits VGG of ``lowbit cim``, software vs plain vs noise-aware.
 
-    python benchmarks/bench_cim_aware.py [--seed 0] [--device-seeds 100,101,102] [--epochs 10] [--aware-epochs 5]
+    python benchmarks/bench_cim_aware.py [--seed 0] [--device-seeds 100,101,102] [--epochs 10] [--aware-epochs 15]
 
 The model is trained as ``lowbit cim`` trains it (``--epochs`` of QAT), then fine-tuned
 ``--aware-epochs`` more with ``noise_aware(model, cfg)`` (per-cell conductance noise of the
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     ap.add_argument("--device-seeds", default="100,101,102", help="chips (variation draws) at test time")
     ap.add_argument("--epochs", type=int, default=10, help="QAT epochs (default 10, as lowbit cim)")
-    ap.add_argument("--aware-epochs", type=int, default=5, help="fine-tuning epochs (default 5)")
+    ap.add_argument("--aware-epochs", type=int, default=15, help="fine-tuning epochs (default 15)")
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
     ap.add_argument("--noise", default="cells", choices=("cells", "weight"), help="training noise model (default cells)")
     ap.add_argument("--threads", type=int, default=1)

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-aware", action="store_true",
                         help="also fine-tune the model with the crossbar's noise in the forward pass (noise_aware: the last "
                              "--cells, the last --adc, the largest --variation) and sweep it beside the plain one")  # fmt: skip
-    parser.add_argument("--aware-epochs", type=int, default=5, help="hardware-aware fine-tuning epochs (default 5)")
+    parser.add_argument("--aware-epochs", type=int, default=15, help="hardware-aware fine-tuning epochs (default 15)")
     parser.add_argument("--aware-lr", type=float, default=1e-3, help="hardware-aware fine-tuning learning rate (default 1e-3)")
     add_out(parser, "reports/cim", "folder for the table and plot")
     add_no_plots(parser)
