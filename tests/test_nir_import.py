@@ -17,6 +17,8 @@ from lowbit.targets.nir import from_nir, to_nir  # noqa: E402
 
 from test_nir_clients import _need  # noqa: E402
 
+DT_LOWBIT = 1e-3
+
 
 def _snntorch_net(kind: str, reset: str, seed: int = 0):  # type: ignore[no-untyped-def]
     snn = _need("snntorch")
@@ -106,6 +108,20 @@ def test_lowbit_graph_round_trips():
     for s, t in zip(a["spikes"], b["spikes"]):
         assert (s == t).float().mean() >= 0.99
     assert back.readout.readout == "max" and back.hidden[0].reset == "subtract"
+    torch.testing.assert_close(back(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_lowbit_graph_round_trips_with_its_readout(portable):
+    # portable: CubaLIF layers whose synapse forgets at once and a never-firing CubaLIF readout, read back as LIF and LI
+    m = SNN(20, 16, 5, recurrent=False, beta=0.8, reset="zero", readout="mean", init_scale=1.5, seed=4)
+    m.quantize_weights("fxp4:p99")
+    back = from_nir(to_nir(m, dt=DT_LOWBIT, portable=portable))
+    assert back.sizes == m.sizes and back.readout.readout == "mean"
+    assert back.readout.beta == pytest.approx(0.8, abs=1e-6) and back.hidden[0].alpha is None
+    x = _x(steps=40)
+    a, b = m.run(x, record=True), back.run(x, record=True)
+    assert (a["spikes"][0] == b["spikes"][0]).float().mean() >= 0.99
     torch.testing.assert_close(back(x), m(x), rtol=1e-4, atol=1e-4)
 
 

@@ -23,7 +23,8 @@ Conventions (where NIR, snnTorch and lowbit differ):
 - **Readout.** A graph that ends in a spiking layer (snnTorch's usual ``... -> Leaky``) keeps that
   layer as the last hidden layer; lowbit's readout is then a fixed identity into a non-leaky
   integrator read at the last step (``readout="last"``): the logits are the output spike counts,
-  as snnTorch classifies. A graph that ends in ``LI`` / ``I`` maps that to the readout directly.
+  as snnTorch classifies. A graph that ends in ``LI`` / ``I`` maps that to the readout directly, and
+  so does a final neuron that never fires (threshold >= 1e29: lowbit's ``portable=True`` readout).
 - No bias (lowbit's connections have none: a non-zero ``Affine`` bias is refused), one decay and
   one threshold per layer, ``v_leak = 0``, no recurrent subgraph. Anything else is a ValueError
   naming the node and its type.
@@ -44,6 +45,7 @@ from .neurons import RESETS
 __all__ = ["from_nir", "SNNTORCH_DT"]
 
 SNNTORCH_DT = 1e-4  # the step snnTorch 1.0's exporter and importer assume
+_NEVER_FIRES = 1e29  # a threshold this high is lowbit's portable readout (targets.nir.NEVER = 1e30)
 
 
 def _one(value: Any, what: str, node: str) -> float:
@@ -76,7 +78,9 @@ def _neuron(nir, key: str, node: Any, dt: float) -> dict[str, Any]:  # type: ign
     if isinstance(node, nir.CubaLIF):
         tm, ts = _one(node.tau_mem, "tau_mem", key), _one(node.tau_syn, "tau_syn", key)
         gain = _one(node.r, "r", key) * dt / tm * _one(node.w_in, "w_in", key) * dt / ts
-        return {"beta": _decay(tm, dt, "tau_mem", key), "alpha": _decay(ts, dt, "tau_syn", key),
+        alpha = _decay(ts, dt, "tau_syn", key)
+        # tau_syn = dt (a synapse that forgets at once, lowbit's portable LIF) is the plain LIF
+        return {"beta": _decay(tm, dt, "tau_mem", key), "alpha": None if abs(alpha) < 1e-6 else alpha,
                 "thr": _one(node.v_threshold, "v_threshold", key), "gain": gain}
     if isinstance(node, nir.LI):
         tau = _one(node.tau, "tau", key)
@@ -153,7 +157,14 @@ def from_nir(graph_or_path: Any, *, dt: float | None = None, reset: str | None =
         if weights[i].shape[1] != weights[i - 1].shape[0]:
             raise ValueError(f"node {keys[2 * i]!r}: weight takes {weights[i].shape[1]} inputs but the layer before has "
                              f"{weights[i - 1].shape[0]} neurons")
-    spiking_out = neurons[-1]["thr"] is not None
+    last = neurons[-1]
+    if last["thr"] is not None and last["thr"] >= _NEVER_FIRES:
+        # lowbit's portable readout: a CubaLIF that never fires and whose synapse forgets at once is the LI
+        if last["alpha"] is not None:
+            raise ValueError(f"node {keys[-1]!r}: a never-firing readout with a synaptic current (alpha = "
+                             f"{last['alpha']:g}) has no lowbit readout; lowbit's LI has no synapse")
+        last["thr"] = None
+    spiking_out = last["thr"] is not None
     hidden = neurons if spiking_out else neurons[:-1]
     if not hidden:
         raise ValueError("graph has no spiking layer (LIF, CubaLIF or IF)")
