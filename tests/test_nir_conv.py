@@ -173,3 +173,19 @@ def test_norse_lacks_avg_pooling():
     with pytest.raises(KeyError, match="pool0"):  # the unmapped node's name
         net = from_nir(graph, dt=DT)
         net(_frames(m, _inputs(m))[:, 0])
+
+
+def test_portable_conv_file_reads_unchecked(tmp_path):
+    # NIR's type check refuses the readers' Flatten(start_dim=1); the file says so and reads unchecked
+    from lowbit.targets.nir import export_nir
+
+    m = _model(2, True)
+    path = export_nir(m, tmp_path / "conv.nir", dt=DT, portable=True)
+    with pytest.raises(ValueError, match="flatten"):
+        nir.read(str(path))
+    graph = nir.read(str(path), type_check=False)
+    assert "type_check=False" in str(graph.metadata["type_check"])
+    x = _inputs(m)
+    spikes, _ = _run_norse(m, graph, x)
+    r = m.run(x, record=True)
+    assert all((a == b).float().mean() >= 0.99 for a, b in zip(r["spikes"], spikes))
