@@ -193,7 +193,7 @@ def _readout_nodes(nir, nodes: dict, edges: list, prev: str, n_out: int, dyn, dt
     edges += [(prev, "out"), ("out", "readout"), ("readout", "output")]
 
 
-def _conv_nodes(nir, model: ConvSNN, w, linear, dyn, dt: float, portable: bool, pool: str):  # type: ignore[no-untyped-def]
+def _conv_nodes(nir, model: ConvSNN, w, wmeta, dyn, dt: float, portable: bool, pool: str):  # type: ignore[no-untyped-def]
     """Nodes and edges of a ConvSNN: input -> (Conv -> LIF -> pool) x N -> Flatten -> Linear -> readout.
 
     ``portable``: a Conv1d network is written as the Conv2d network over frames of height 1
@@ -214,10 +214,10 @@ def _conv_nodes(nir, model: ConvSNN, w, linear, dyn, dt: float, portable: bool, 
             if lift:
                 kern, pad = kern[:, :, None, :], (0, pad)
             conv = nir.Conv2d(input_shape=tuple(int(v) for v in spatial), weight=kern, stride=1, padding=pad, dilation=1,
-                              groups=1, bias=np.zeros(kern.shape[0], np.float32), metadata=linear(f"fc{k}").metadata)
+                              groups=1, bias=np.zeros(kern.shape[0], np.float32), metadata=wmeta(f"fc{k}"))
         else:
             conv = nir.Conv1d(input_shape=int(spatial[0]), weight=kern, stride=1, padding=pad, dilation=1, groups=1,
-                              bias=np.zeros(kern.shape[0], np.float32), metadata=linear(f"fc{k}").metadata)
+                              bias=np.zeros(kern.shape[0], np.float32), metadata=wmeta(f"fc{k}"))
         conv.metadata["weight_factor"] = factor  # the written weights are the model's times this
         nodes[f"conv{k}"] = conv
         lshape = shape(model.layer_shapes[k])
@@ -238,8 +238,7 @@ def _conv_nodes(nir, model: ConvSNN, w, linear, dyn, dt: float, portable: bool, 
     # end_dim) from it as is, which would flatten the batch too: portable graphs write the readers' 1
     nodes["flatten"] = nir.Flatten(input_type={"input": np.array(flat_in)}, start_dim=1 if portable else 0, end_dim=-1)
     edges.append((prev, "flatten"))
-    out = linear("out")
-    nodes["out"] = nir.Linear(weight=out.weight * np.float32(factor), metadata={**out.metadata, "weight_factor": factor})
+    nodes["out"] = nir.Linear(weight=_np(w["out"]) * np.float32(factor), metadata={**wmeta("out"), "weight_factor": factor})
     _readout_nodes(nir, nodes, edges, "flatten", model.sizes[-1], dyn, dt, portable)
     return nodes, edges
 
@@ -264,7 +263,7 @@ def to_nir(model: SpikingNetwork, *, dt: float | None = None, portable: bool = F
     except ImportError:
         raise ImportError("NIR export needs the nir package: pip install 'lowbit[snn]'") from None
     if not isinstance(model, SpikingNetwork):
-        raise TypeError(f"model must be a lowbit.snn.SNN or EventPropSNN, got {type(model).__name__}")
+        raise TypeError(f"model must be a lowbit.snn.SNN, EventPropSNN or ConvSNN, got {type(model).__name__}")
     with torch.no_grad():
         w = model.effective_weights()
     wq = model.weight_quant
@@ -278,16 +277,19 @@ def to_nir(model: SpikingNetwork, *, dt: float | None = None, portable: bool = F
                 scales[c] = float(s.flatten()[0]) if s.numel() == 1 else float("nan")
                 bits[c] = q.bits
 
-    def linear(name: str):  # type: ignore[no-untyped-def]
-        meta = {"quantized": int(name in bits)}
+    def wmeta(name: str) -> dict[str, object]:
+        meta: dict[str, object] = {"quantized": int(name in bits)}
         if name in bits:
             meta.update(bits=bits[name], scale=scales[name])
-        return nir.Linear(weight=_np(w[name]), metadata=meta)
+        return meta
+
+    def linear(name: str):  # type: ignore[no-untyped-def]
+        return nir.Linear(weight=_np(w[name]), metadata=wmeta(name))
 
     dyn = _dynamics(model)
     dt = float(dyn["dt"]) if dt is None else float(dt)  # type: ignore[arg-type]
     if isinstance(model, ConvSNN):
-        nodes, edges = _conv_nodes(nir, model, w, linear, dyn, dt, portable, pool or model.pool_kind)
+        nodes, edges = _conv_nodes(nir, model, w, wmeta, dyn, dt, portable, pool or model.pool_kind)
     else:
         nodes, edges = _dense_nodes(nir, model, w, linear, dyn, dt, portable)
     meta: dict[str, object] = {
