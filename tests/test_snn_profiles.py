@@ -71,6 +71,30 @@ def test_decay_gradient_is_the_leak():
 
 
 @pytest.mark.parametrize("name", ["loihi2", "xylo"])
+def test_fused_step_matches_the_composed_straight_through_ops(name):
+    from lowbit.snn.profiles import _ChipStep
+
+    p = PROFILES[name]
+    syn, mem = decay_code(p, 0.5), decay_code(p, 0.9)
+    g = torch.Generator().manual_seed(0)
+    lo, hi = p.state_range
+    ins = [torch.randint(lo // 2, hi // 2, (64,), generator=g).double().requires_grad_() for _ in range(3)]
+    ins[2].data[:4] = float(hi)  # some sums saturate
+    u2, v2 = _ChipStep.apply(*ins, p, syn, mem)
+    (u2 * 3 + v2 * 5).sum().backward()
+    fused = [t.grad.clone() for t in ins]
+    for t in ins:
+        t.grad = None
+    u, v, i = ins
+    ur = saturate(p, decay_int(p, u, syn) + i)
+    vr = saturate(p, decay_int(p, v, mem) + ur)
+    assert torch.equal(u2, ur) and torch.equal(v2, vr) and float(v2.detach().max()) == hi
+    (ur * 3 + vr * 5).sum().backward()
+    assert all(torch.equal(a, t.grad) for a, t in zip(fused, ins))
+    assert fused[0][0].item() == 8 * 0.5  # (3 + 5) * the leak of the current (0.5 on both chips)
+
+
+@pytest.mark.parametrize("name", ["loihi2", "xylo"])
 def test_weights_on_the_chip_grid(name):
     p = PROFILES[name]
     net = apply_profile(SNN(20, 32, 4, seed=1), name)

@@ -170,6 +170,24 @@ def chip_weights(net: Any, profile: ChipProfile) -> dict[str, tuple[Tensor, int]
     return out
 
 
+class _ChipStep(torch.autograd.Function):
+    """``u' = sat(decay(u) + i)``, ``v' = sat(decay(v) + u')`` exactly, as one autograd node (straight-through:
+    the decays pass ``decay_factor``, saturation passes 1), so the time loop stays a few nodes per step."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, v: Tensor, i: Tensor, p: ChipProfile, syn: int, mem: int):  # type: ignore[override]
+        lo, hi = p.state_range
+        u2 = (decay_int(p, u.detach(), syn) + i.detach()).clamp_(lo, hi)
+        v2 = (decay_int(p, v.detach(), mem) + u2).clamp_(lo, hi)
+        ctx.fs, ctx.fm = decay_factor(p, syn), decay_factor(p, mem)
+        return u2, v2
+
+    @staticmethod
+    def backward(ctx, gu: Tensor, gv: Tensor):  # type: ignore[override]
+        g = gu + gv  # v' depends on u' with slope 1
+        return g * ctx.fs, gv * ctx.fm, g, None, None, None
+
+
 class Profiled:
     """The forward pass of a network under a chip profile (set by :func:`apply_profile`; not a module: no state)."""
 
@@ -205,8 +223,7 @@ class Profiled:
             for it in cur.unbind(1):
                 if wrec is not None:
                     it = torch.addmm(it, s, wrec)
-                u = saturate(p, decay_int(p, u, codes["syn"][k]) + it)  # type: ignore[index]
-                v = saturate(p, decay_int(p, v, codes["mem"][k]) + u)  # type: ignore[index]
+                u, v = _ChipStep.apply(u, v, it, p, codes["syn"][k], codes["mem"][k])  # type: ignore[index]
                 s = neuron.spike((v - edge) * to_float)
                 if record:
                     out_v.append(v)
