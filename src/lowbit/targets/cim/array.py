@@ -182,7 +182,9 @@ class CrossbarArray(nn.Module):
             return adc(psum, cfg.adc_bits, lo, hi, transfer="torchinference")
         # adc(), without temporaries: these tensors are the largest of the simulation.
         top = 2**cfg.adc_bits - 1
-        step = torch.clamp((hi - lo) / top, min=1.0)
+        # The one-level minimum step keeps integer column sums exact; an aged array's sums are off that
+        # grid (a drifted level reads 0.6, not 1), so there the ADC spreads its levels over the range alone.
+        step = torch.clamp((hi - lo) / top, min=1e-12 if cfg.time_changes else 1.0)
         return psum.sub_(lo).div_(step).round_().clamp_(0, top).mul_(step).add_(lo)
 
     def _digits(self, x: Tensor, x_bits: int) -> Tensor:

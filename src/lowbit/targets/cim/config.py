@@ -200,6 +200,14 @@ class CrossbarConfig:
         return late and (self.drift_nu is not None or self.retention is not None or self.fault_rate > 0)
 
     @property
+    def time_changes(self) -> bool:
+        """True when aging moves conductances: drift with ν ≠ 0, retention ≠ (0, 0) or faults, read after ``t0``."""
+        if not self.ages:
+            return False
+        return (self.drift_nu not in (None, (0.0, 0.0)) or self.retention not in (None, (0.0, 0.0))
+                or self.fault_rate > 0)  # fmt: skip
+
+    @property
     def decades(self) -> float:
         """``log10(t/t0)`` of the read (0 at ``t0``)."""
         return 0.0 if self.t_seconds is None else math.log10(self.t_seconds / self.t0)
@@ -219,5 +227,4 @@ class CrossbarConfig:
         """True when the read-out is lossless: no ADC, ideal devices, no faults."""
         return (self.adc_bits is None and self.variation == 0 and math.isinf(self.on_off_ratio)
                 and self.stuck_at_zero == 0 and self.stuck_at_one == 0 and self.read_noise == 0
-                and (not self.drifts or self.drift_nu == (0.0, 0.0))
-                and (not self.ages or ((self.retention is None or self.retention == (0.0, 0.0)) and self.fault_rate == 0)))  # fmt: skip
+                and not self.time_changes)
