@@ -98,9 +98,23 @@ def test_float_layer_and_group_scales_and_skip_connections_are_refused():
         def forward(self, x):
             return self.b(x + self.a(x))
 
-    x16 = torch.rand(8, 16)
-    with pytest.raises(ValueError, match="not the plain sequence of its layers"):
-        lower(_q(Residual(), "w8,a8", x16), x16)
+    class Gated(Residual):
+        def forward(self, x):
+            return self.b(x * self.a(x))
+
+    x16 = torch.rand(64, 16)
+    # a skip connection is a residual add: lowered through the traced graph, the integers follow the float model
+    q = _q(Residual(), "w8,a8", x16)
+    prog = lower(q, x16)
+    assert [type(o).__name__ for o in prog.ops] == ["ComputeOp", "AddOp", "ComputeOp"] and prog.ops[1].src == (-1, 0)
+    ref = reference.run(prog, prog.quantize_input(x16)) * prog.logit_scale
+    with torch.no_grad():
+        assert np.corrcoef(lowbit.convert(q)(x16).numpy().ravel(), ref.ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="shift='dynamic' is not supported for models with skip connections"):
+        lower(q, x16, shift="dynamic")
+    # a functional op the C code has no loop for is named
+    with pytest.raises(ValueError, match=r"node 'mul' \(the functional op mul\) is not supported by the MCU target; supported: Linear"):
+        lower(_q(Gated(), "w8,a8", x16), x16)
 
 
 def test_bad_arguments_are_named(mlp_int4, tmp_path):
@@ -129,7 +143,7 @@ def test_memory_report_counts_bytes(mlp_int4):
     rep = memory_report(lower(q, x))
     assert [(m.name, m.weights) for m in rep.layers] == [("features.0", 4096), ("features.2", 4096), ("classifier", 320)]
     assert rep.weights == (64 * 128 + 128 * 64 + 64 * 10) // 2
-    assert rep.tables == 6 * (128 + 64 + 10) + 3 * 96  # int16 multiplier + int32 bias per output, op table
+    assert rep.tables == 6 * (128 + 64 + 10) + 3 * 100  # int16 multiplier + int32 bias per output, op table
     assert rep.activations == 64 + 128  # largest input + output pair
     assert (rep.col, rep.ybuf, rep.logits) == (0, 0, 40)
     assert rep.flash == rep.weights + rep.tables + rep.code and rep.ram == 232

@@ -4,6 +4,8 @@ convs, global average pooling) as int8, int4 and mixed 8/4/2 (8-bit stem, 2-bit 
 4-bit depthwise and classifier). On 200 inputs per weight type the int32 logits of the C code
 equal the NumPy integer reference bit for bit, on the host compiler and in QEMU for rv32imc and
 Cortex-M4; the linked flash/RAM of the 4-bit model fits a 64 KB flash / 20 KB RAM part.
+ResNet-8 (32x32x3; residual adds, strided 1x1 shortcuts) goes through the traced-graph path
+(lowbit.graph's GraphModule): int8 and int4, bit-exact on the host and in QEMU.
 
 Without the cross toolchains the emulated tests skip naming what is missing -- except in CI.
 """
@@ -17,7 +19,8 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.models.zoo import DSCNN
+from lowbit.models.zoo import DSCNN, ResNet8
+from lowbit.targets.mcu.lower import AddOp
 from lowbit.targets.mcu import export, reference
 from lowbit.targets.mcu.cross import build_target, linked_size, model_size, run_target
 from lowbit.targets.mcu.toolchain import compile_harness, find_cc, run_harness
@@ -96,3 +99,64 @@ def test_dscnn_emulated_equals_reference(dscnn, tgt):
     assert res.report.activations <= model.ram <= res.report.ram, (model, res.report.ram)
     if dscnn.name != "int8":  # the 4-bit and mixed models fit a 64 KB flash / 20 KB RAM part, harness and libc included
         assert image.flash <= 64 * 1024 and image.ram + image.stack <= 20 * 1024, (dscnn.name, tgt, image)
+
+
+RESNET8_TYPES = {"int8": "w8,a8", "int4": "w4,a8"}
+
+
+def warm_resnet8(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
+    """ResNet-8 (16/32/64 filters, 10 classes), random weights, BatchNorm statistics from synthetic images."""
+    torch.manual_seed(seed)
+    model = ResNet8((3, 32, 32), 10)
+    x = torch.rand((N_INPUTS, 3, 32, 32), generator=torch.Generator().manual_seed(seed + 1))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    return model.eval(), x
+
+
+@pytest.fixture(scope="module")
+def resnet8_float():
+    return warm_resnet8()
+
+
+@pytest.fixture(scope="module", params=list(RESNET8_TYPES))
+def resnet8(request, resnet8_float, tmp_path_factory):
+    model, x = resnet8_float
+    q = lowbit.quantize(copy.deepcopy(model), RESNET8_TYPES[request.param], calib=[(x, None)])
+    out = tmp_path_factory.mktemp("resnet8")
+    res = export(q, out / "host", calib=x, harness=True)
+    xi = res.program.quantize_input(x)
+    with torch.no_grad():
+        fq = lowbit.convert(q)(x).numpy()
+    return SimpleNamespace(name=request.param, q=q, x=x, out=out, res=res, xi=xi, fq=fq,
+                           ref=reference.run(res.program, xi), host=run_harness(compile_harness(out / "host"), res.program, xi))
+
+
+def test_resnet8_host_c_equals_reference(resnet8):
+    prog = resnet8.res.program
+    adds = [o for o in prog.ops if isinstance(o, AddOp)]
+    assert [o.name for o in adds] == ["add", "add_1", "add_2"] and all(o.lo == 0 for o in adds)  # the ReLU after each add is fused
+    assert adds[0].src == (0, 2)  # the identity shortcut reads the stem's output, kept in the arena
+    names = [o.name for o in prog.ops]
+    assert names.index("stack2.shortcut") < names.index("add_1") and prog.ops[names.index("stack2.shortcut")].stride == (2, 2)
+    # three 16 KB tensors alive at once (stem output, branch, add output), not the whole network's
+    assert resnet8.res.report.activations == 3 * 16 * 32 * 32
+    np.testing.assert_array_equal(resnet8.host, resnet8.ref, err_msg=resnet8.name)
+    assert resnet8.host.shape == (N_INPUTS, 10) and len(np.unique(resnet8.host)) > 150
+    r = np.corrcoef(resnet8.fq.ravel(), resnet8.ref.astype(np.float64).ravel() * prog.logit_scale)[0, 1]
+    assert r > 0.99, (resnet8.name, r)
+
+
+@pytest.mark.parametrize("tgt", ["rv32imc", "cortex-m4"])
+def test_resnet8_emulated_equals_reference(resnet8, tgt):
+    _need(tgt)
+    d = resnet8.out / tgt
+    res = export(resnet8.q, d, calib=resnet8.x, harness=True, target=tgt)
+    elf = build_target(d, tgt)
+    c = run_target(elf, tgt, res.program, resnet8.xi, timeout=900)
+    np.testing.assert_array_equal(c, resnet8.ref, err_msg=f"resnet8-{resnet8.name} on {tgt}")
+    model = model_size(d / "lowbit_model.map")
+    assert res.report.weights < model.flash <= res.report.flash * 1.15, (model, res.report.flash)
+    assert res.report.activations <= model.ram <= res.report.ram, (model, res.report.ram)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ...fileio import FILE_MODE, atomic_dir, atomic_path
 from ...packing import pack
 from ...signatures import keywords_of
-from .lower import ComputeOp, IntProgram, PoolOp, lower
+from .lower import AddOp, ComputeOp, IntProgram, PoolOp, lower
 from .report import MemoryReport, arena_layout, memory_report, row_bytes
 
 __all__ = ["export", "export_program", "render", "pack_weights", "ExportResult"]
@@ -129,7 +129,16 @@ def render(
     kernels: dict[str, str] = {}
     ops: list[str] = []
     summary: list[str] = []
-    for i, (op, (in_at, out_at)) in enumerate(zip(program.ops, places)):
+    for i, (op, (in_at, out_at, in2_at)) in enumerate(zip(program.ops, places)):
+        if isinstance(op, AddOp):
+            c, h, w = (tuple(op.shape) + (1, 1))[:3] if len(op.shape) < 3 else op.shape
+            summary.append(f"op {i}: {op.name}: add {op.shape}, out = clamp(round_shift(a * {op.ma} + b * {op.mb}, {op.shift}), {op.lo}, {op.hi})")
+            ops.append(
+                f"    {{.kind = LB_ADD, .in_signed = {int(op.a_signed)}, .in2_signed = {int(op.b_signed)}, .c = {c}, .h = {h}, .w = {w}, "
+                f".groups = 1, .off = {op.ma}, .step = {op.mb}, .shift = {op.shift}, .lo = {op.lo}, .hi = {op.hi}, "
+                f".in_at = {in_at}, .in2_at = {in2_at}, .out_at = {out_at}}}, /* {op.name} */"
+            )
+            continue
         if isinstance(op, PoolOp):
             c, h, w = op.in_shape
             _, oh, ow = op.out_shape
@@ -192,6 +201,7 @@ def render(
         )
     has_conv = any(isinstance(o, ComputeOp) and o.op == "conv" for o in program.ops)
     has_pool = any(isinstance(o, PoolOp) for o in program.ops)
+    has_add = any(isinstance(o, AddOp) for o in program.ops)
     ybuf = max([o.cout * o.positions for o in program.compute_ops if not o.last], default=0) if program.dynamic else 0
     col = max([o.n for o in program.compute_ops if o.op == "conv"], default=0)
     guard = re.sub(r"[^A-Z0-9_]", "_", name.upper()) + "_H"
@@ -214,6 +224,7 @@ def render(
         YBUF=max(1, ybuf),
         HAS_CONV=int(has_conv),
         HAS_POOL=int(has_pool),
+        HAS_ADD=int(has_add),
         DYNAMIC=int(program.dynamic),
         HEADROOM=program.headroom,
         INPUT_T="int8_t" if program.input_lo < 0 else "uint8_t",

@@ -47,13 +47,14 @@ from ...nn.layers import QuantLayer
 from ...qtensor import QTensor
 from .pairs import pair46
 
-__all__ = ["ComputeOp", "PoolOp", "IntProgram", "lower", "SUPPORTED_LAYERS", "INT32_MAX"]
+__all__ = ["ComputeOp", "PoolOp", "AddOp", "IntProgram", "lower", "SUPPORTED_LAYERS", "INT32_MAX", "avg_multiplier"]
 
 INT32_MAX = 2**31 - 1
 SUPPORTED_LAYERS = (
     "Linear, Conv1d/Conv2d (any kernel, stride, dilation, groups incl. depthwise; zero padding, symmetric or 'same'), "
     "MaxPool1d/2d and AvgPool1d/2d (no padding, floor mode), AdaptiveAvgPool1d/2d (output size dividing the input; "
-    "1 = global average), ReLU, BatchNorm1d/2d (directly after a Linear/Conv), Flatten, Dropout, Identity"
+    "1 = global average), ReLU, BatchNorm1d/2d (directly after a Linear/Conv), Flatten, Dropout, Identity, "
+    "and in traced (torch.fx / lowbit.graph) models residual adds (x + y, torch.add) and F.relu / torch.flatten"
 )
 _MAX_SHIFT = 30
 #: multipliers are stored as int16: 15 bits of precision (relative error <= 2^-15) is plenty
@@ -95,6 +96,7 @@ class ComputeOp:
     stride: tuple[int, int] = (1, 1)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1  # conv groups (cin = depthwise): row c reads input channels of group c // (cout / groups)
+    src: "tuple[int, ...] | None" = None  # graph programs: the op whose output is the input (-1: the model input)
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
@@ -137,6 +139,33 @@ class PoolOp:
     shift: int = 0
     lo: int = 0
     hi: int = 255
+    src: "tuple[int, ...] | None" = None
+
+
+@dataclass
+class AddOp:
+    """Residual add: both int8 inputs requantized to the output's scale, ``clamp(round_shift(a * ma + b * mb, shift), lo, hi)``."""
+
+    name: str
+    shape: tuple[int, ...]
+    ma: int
+    mb: int
+    shift: int
+    lo: int
+    hi: int
+    a_signed: bool
+    b_signed: bool
+    src: tuple[int, int] = (-1, -1)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of each input (the same as the output)."""
+        return self.shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Shape of the output."""
+        return self.shape
 
 
 @dataclass
@@ -151,6 +180,11 @@ class IntProgram:
     dynamic: bool = False
     logit_scale: float = 1.0
     headroom: int = DYNAMIC_HEADROOM
+
+    @property
+    def graph(self) -> bool:
+        """True when ops name their inputs (skip connections), not each the previous op's output."""
+        return any(getattr(o, "src", None) is not None for o in self.ops)
 
     @property
     def compute_ops(self) -> list[ComputeOp]:
@@ -632,6 +666,99 @@ def _divergent_layer(model: nn.Module, seq: list[object], x: Tensor, capture: di
     return f"the output is not the last layer {blocks[-1].name!r}'s"
 
 
+def _compute_op(b: _Block, w: _Weights, a: _ActIn, shape: tuple[int, ...], out: "_ActIn | None", dynamic: bool) -> tuple[ComputeOp, float]:
+    """One compute block in integers and its logit scale: input range ``a``, output range ``out`` (None: the int32 logits)."""
+    mod = b.mod
+    last = out is None
+    geo: dict[str, object] = {}
+    if isinstance(mod, _CONV):
+        in_shape, out_shape, geo = _conv_geometry(b.name, mod, shape)
+        op, pad = "conv", geo.pop("pad")
+    else:
+        nin = int(math.prod(shape))
+        if nin != mod.in_features:  # type: ignore[union-attr]
+            raise ValueError(f"layer {b.name!r}: expects {mod.in_features} inputs, gets {nin} (shape {shape})")  # type: ignore[union-attr]
+        in_shape, out_shape, op, pad = (nin,), (mod.out_features,), "dense", 0  # type: ignore[union-attr]
+
+    # Worst-case accumulator: every intermediate of the C kernel must fit int32.
+    amax = max(abs(a.lo), abs(a.hi))
+    n = w.codes.shape[1]
+    accb = np.abs(w.values).sum(axis=1) * amax
+    inter = [int(accb.max())]
+    if w.kind in ("p4", "p2", "p1", "t3"):
+        inter += [abs(w.off) * n * amax, abs(w.step) * int(w.codes.max(initial=0)) * n * amax]
+    worst = max(inter)
+    if worst > INT32_MAX:
+        raise ValueError(
+            f"layer {b.name!r}: int32 accumulation can overflow: |sum| up to {worst:,} > {INT32_MAX:,} "
+            f"({n} inputs x |a| <= {amax} x |w| <= {int(np.abs(w.values).max())}); split the layer or use fewer bits"
+        )
+
+    # Fold scales, bias and an unfolded BatchNorm into M, B.
+    bias = mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(w.codes.shape[0])
+    gain = np.ones(w.codes.shape[0])
+    if b.bn is not None:
+        bn = b.bn
+        inv = 1.0 / np.sqrt(bn.running_var.double().numpy() + bn.eps)  # type: ignore[union-attr]
+        gam = bn.weight.detach().double().numpy() if bn.affine else np.ones_like(inv)  # type: ignore[union-attr]
+        bet = bn.bias.detach().double().numpy() if bn.affine else np.zeros_like(inv)  # type: ignore[union-attr]
+        gain = gam * inv
+        bias = bet + (bias - bn.running_mean.double().numpy()) * gain  # type: ignore[union-attr]
+    wscale = a.scale * w.scale / w.t * gain  # real value of one accumulator unit, per channel
+    if out is None:
+        s_out = float(np.abs(wscale).max()) or 1.0
+        out_lo, out_hi = -(2**31), INT32_MAX
+    else:
+        s_out, out_lo, out_hi = out.scale, out.lo, out.hi
+    bias_gain = 2**DYNAMIC_HEADROOM if dynamic else 1
+    mult, bq, s = _choose_shift(b.name, wscale / s_out, bias / s_out, accb, bias_gain)
+    pt_lo, pt_stride, pt_table = 0, 0, None
+    if w.kind == "pt":
+        qw = (w.pt_nw - 1) // 2
+        pt_lo = a.lo
+        pt_stride = 1 << max(0, math.ceil(math.log2(w.pt_nw)))
+        xs = np.arange(a.lo, a.hi + 1)[:, None]
+        ws = np.arange(-qw, qw + 1)[None, :]
+        pt_table = np.zeros((a.hi - a.lo + 1, pt_stride), dtype=np.int64)
+        pt_table[:, : w.pt_nw] = xs * ws
+    cop = ComputeOp(
+            name=b.name, op=op, kind=w.kind, codes=w.codes, values=w.values, off=w.off, step=w.step, lut=w.lut,
+            pt_lo=pt_lo, pt_stride=pt_stride, pt_table=pt_table, mult=mult, bias=bq, shift=s,
+            in_lo=a.lo, in_hi=a.hi, out_lo=int(out_lo), out_hi=int(out_hi), in_shape=tuple(in_shape),
+            out_shape=tuple(out_shape), pad=pad, last=last, weight_format=mod.encode_weight().fmt.spec,  # type: ignore[union-attr]
+            code_bits=w.code_bits, t=w.t, **geo,  # type: ignore[arg-type]
+        )
+    return cop, s_out / 2.0**s  # logit = y * the second (last layer)
+
+
+def _has_skip(model: nn.Module) -> bool:
+    """True for a traced model whose graph adds two tensors (a skip connection)."""
+    from .residual import _ADDS
+
+    if not isinstance(model, torch.fx.GraphModule):
+        return False
+    return any((n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "__add__"))
+               for n in model.graph.nodes)
+
+
+def _has_edge_quant(model: nn.Module) -> bool:
+    return any(isinstance(m, ActQuant) and name.startswith("lowbit_acts") for name, m in model.named_modules())
+
+
+def _lower_traced(model: nn.Module, calib: object, shift: str, ternary: str) -> IntProgram:
+    """The graph path (:mod:`.residual`) for traced models with skip connections or edge quantizers."""
+    from .residual import lower_graph
+
+    if shift != "static":
+        raise ValueError("shift='dynamic' is not supported for models with skip connections (traced graphs); use shift='static'")
+    x = _structure_inputs(model, []) if calib is None else _as_batches(calib)
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"calib must be a batch of inputs [N, ...], got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("calib contains NaN or Inf values")
+    return lower_graph(model, x, ternary=ternary)  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def lower(
     model: nn.Module,
@@ -650,6 +777,8 @@ def lower(
     if ternary not in ("base3", "2bit"):
         raise ValueError(f"ternary must be 'base3' or '2bit', got {ternary!r}")
     model = prepare(model)
+    if _has_skip(model) or (isinstance(model, torch.fx.GraphModule) and _has_edge_quant(model)):
+        return _lower_traced(model, calib, shift, ternary)
     try:
         seq = _parse(model)
     except ValueError as e:
@@ -722,75 +851,16 @@ def lower(
             shape = pool.out_shape
             continue
         b = item
-        w = weights[b.name]
-        a = acts[b.name]
-        mod = b.mod
         last = bi == len(blocks) - 1
-        geo: dict[str, object] = {}
-        if isinstance(mod, _CONV):
-            in_shape, out_shape, geo = _conv_geometry(b.name, mod, shape)
-            op, pad = "conv", geo.pop("pad")
-        else:
-            nin = int(math.prod(shape))
-            if nin != mod.in_features:  # type: ignore[union-attr]
-                raise ValueError(f"layer {b.name!r}: expects {mod.in_features} inputs, gets {nin} (shape {shape})")  # type: ignore[union-attr]
-            in_shape, out_shape, op, pad = (nin,), (mod.out_features,), "dense", 0  # type: ignore[union-attr]
-
-        # Worst-case accumulator: every intermediate of the C kernel must fit int32.
-        amax = max(abs(a.lo), abs(a.hi))
-        n = w.codes.shape[1]
-        accb = np.abs(w.values).sum(axis=1) * amax
-        inter = [int(accb.max())]
-        if w.kind in ("p4", "p2", "p1", "t3"):
-            inter += [abs(w.off) * n * amax, abs(w.step) * int(w.codes.max(initial=0)) * n * amax]
-        worst = max(inter)
-        if worst > INT32_MAX:
-            raise ValueError(
-                f"layer {b.name!r}: int32 accumulation can overflow: |sum| up to {worst:,} > {INT32_MAX:,} "
-                f"({n} inputs x |a| <= {amax} x |w| <= {int(np.abs(w.values).max())}); split the layer or use fewer bits"
-            )
-
-        # Fold scales, bias and an unfolded BatchNorm into M, B.
-        bias = mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(w.codes.shape[0])
-        gain = np.ones(w.codes.shape[0])
-        if b.bn is not None:
-            bn = b.bn
-            inv = 1.0 / np.sqrt(bn.running_var.double().numpy() + bn.eps)  # type: ignore[union-attr]
-            gam = bn.weight.detach().double().numpy() if bn.affine else np.ones_like(inv)  # type: ignore[union-attr]
-            bet = bn.bias.detach().double().numpy() if bn.affine else np.zeros_like(inv)  # type: ignore[union-attr]
-            gain = gam * inv
-            bias = bet + (bias - bn.running_mean.double().numpy()) * gain  # type: ignore[union-attr]
-        wscale = a.scale * w.scale / w.t * gain  # real value of one accumulator unit, per channel
         if last:
-            s_out = float(np.abs(wscale).max()) or 1.0
-            out_lo, out_hi = -(2**31), INT32_MAX
+            out = None
         else:
             nxt = acts[blocks[bi + 1].name]
-            s_out = nxt.scale
-            out_lo = max(nxt.lo, 0) if b.relu else nxt.lo
-            out_hi = nxt.hi
-        bias_gain = 2**DYNAMIC_HEADROOM if dynamic else 1
-        mult, bq, s = _choose_shift(b.name, wscale / s_out, bias / s_out, accb, bias_gain)
+            out = _ActIn(nxt.scale, max(nxt.lo, 0) if b.relu else nxt.lo, nxt.hi)
+        cop, logit_scale = _compute_op(b, weights[b.name], acts[b.name], shape, out, dynamic)
         if last:
-            prog.logit_scale = s_out / 2.0**s
-        pt_lo, pt_stride, pt_table = 0, 0, None
-        if w.kind == "pt":
-            qw = (w.pt_nw - 1) // 2
-            pt_lo = a.lo
-            pt_stride = 1 << max(0, math.ceil(math.log2(w.pt_nw)))
-            xs = np.arange(a.lo, a.hi + 1)[:, None]
-            ws = np.arange(-qw, qw + 1)[None, :]
-            pt_table = np.zeros((a.hi - a.lo + 1, pt_stride), dtype=np.int64)
-            pt_table[:, : w.pt_nw] = xs * ws
-        prog.ops.append(
-            ComputeOp(
-                name=b.name, op=op, kind=w.kind, codes=w.codes, values=w.values, off=w.off, step=w.step, lut=w.lut,
-                pt_lo=pt_lo, pt_stride=pt_stride, pt_table=pt_table, mult=mult, bias=bq, shift=s,
-                in_lo=a.lo, in_hi=a.hi, out_lo=int(out_lo), out_hi=int(out_hi), in_shape=tuple(in_shape),
-                out_shape=tuple(out_shape), pad=pad, last=last, weight_format=mod.encode_weight().fmt.spec,  # type: ignore[union-attr]
-                code_bits=w.code_bits, t=w.t, **geo,  # type: ignore[arg-type]
-            )
-        )
-        shape = tuple(out_shape)
+            prog.logit_scale = logit_scale
+        prog.ops.append(cop)
+        shape = tuple(cop.out_shape)
         bi += 1
     return prog

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .lower import INT32_MAX, ComputeOp, IntProgram, PoolOp
+from .lower import INT32_MAX, AddOp, ComputeOp, IntProgram, PoolOp
 from .pairs import lut_dot
 
 __all__ = ["run", "predict", "accuracy", "round_shift"]
@@ -170,11 +170,22 @@ def _largest_cols(program: IntProgram) -> int:
 
 def _run(program: IntProgram, a: np.ndarray) -> np.ndarray:
     n = a.shape[0]
-    a = a.reshape(n, *program.input_shape)
+    x_in = a = a.reshape(n, *program.input_shape)
     dcum = np.zeros(n, dtype=np.int64)
+    outs: list[np.ndarray] = []  # every op's output (graph programs read earlier ones)
     for op in program.ops:
+        if op.src is not None:
+            a = x_in if op.src[0] < 0 else outs[op.src[0]]
+        if isinstance(op, AddOp):
+            b = x_in if op.src[1] < 0 else outs[op.src[1]]
+            y = a.reshape(n, -1) * op.ma + b.reshape(n, -1) * op.mb
+            _check(op.name, "a * ma + b * mb", y)
+            a = np.clip(round_shift(y, op.shift), op.lo, op.hi).reshape((n,) + tuple(op.shape))
+            outs.append(a)
+            continue
         if isinstance(op, PoolOp):
             a = _pool(op, a.reshape(n, *op.in_shape))
+            outs.append(a)
             continue
         if op.op == "dense":
             acc = _dot(op, a.reshape(n, -1))  # [N, cout]
@@ -200,6 +211,7 @@ def _run(program: IntProgram, a: np.ndarray) -> np.ndarray:
             sh = op.shift
         a = np.clip(round_shift(y, sh), op.out_lo, op.out_hi)
         a = a.reshape((n,) + tuple(op.out_shape))
+        outs.append(a)
     raise AssertionError("program has no final layer")  # pragma: no cover
 
 

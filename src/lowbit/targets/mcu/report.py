@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .lower import ComputeOp, IntProgram, PoolOp
+from .lower import AddOp, ComputeOp, IntProgram, PoolOp
 
 __all__ = ["MemoryReport", "LayerMemory", "memory_report", "parse_bytes", "row_bytes", "arena_layout"]
 
@@ -22,8 +22,9 @@ _CODE_BASE = 700  # infer loop, layer driver, rounding, clamping
 _CODE_KERNEL = 160  # one inner-loop kernel
 _CODE_CONV = 320  # im2col gather
 _CODE_POOL = 180
+_CODE_ADD = 120
 _CODE_DYNAMIC = 200
-_OP_STRUCT = 96  # sizeof(lb_op) on a 32-bit target: 4 uint8, 15 int16 (+2 padding), 2 int32, 5 pointers, 8 int32
+_OP_STRUCT = 100  # sizeof(lb_op) on a 32-bit target: 5 uint8 (+1 padding), 15 int16, 2 int32, 5 pointers, 9 int32
 
 
 def parse_bytes(text: "str | int") -> int:
@@ -65,8 +66,41 @@ def _act_bytes(shape: tuple[int, ...]) -> int:
     return int(math.prod(shape))
 
 
-def arena_layout(program: IntProgram) -> tuple[int, list[tuple[int, int]]]:
-    """Arena size and (in_at, out_at) per op: outputs alternate between the arena's two ends."""
+def _graph_layout(program: IntProgram) -> tuple[int, list[tuple[int, int, int]]]:
+    """First-fit arena offsets for graph programs: an output lives until its last reader has run."""
+    ops = program.ops
+    srcs = [tuple(o.src) if o.src is not None else (k - 1,) for k, o in enumerate(ops)]
+    last_use = {k: k for k in range(len(ops))}
+    for k, ss in enumerate(srcs):
+        for j in ss:
+            if j >= 0:
+                last_use[j] = max(last_use[j], k)
+    live: list[tuple[int, int, int]] = []  # (offset, size, producer)
+    at: dict[int, int] = {}
+    arena = 0
+    for k, o in enumerate(ops):
+        live = [b for b in live if last_use[b[2]] >= k]  # buffers still to be read (by this op or later)
+        size = 0 if getattr(o, "last", False) else _act_bytes(o.out_shape)
+        off = 0
+        for b0, bs, _ in sorted(live):
+            if off + size <= b0:
+                break
+            off = max(off, b0 + bs)
+        at[k] = off
+        if size:
+            live.append((off, size, k))
+            arena = max(arena, off + size)
+    places = []
+    for k, ss in enumerate(srcs):
+        ins = [at[j] if j >= 0 else -1 for j in ss]
+        places.append((ins[0], at[k] if not getattr(ops[k], "last", False) else 0, ins[1] if len(ins) > 1 else 0))
+    return arena, places
+
+
+def arena_layout(program: IntProgram) -> tuple[int, list[tuple[int, int, int]]]:
+    """Arena size and (in_at, out_at, in2_at) per op: outputs alternate between the arena's two ends (graphs: first fit)."""
+    if program.graph:
+        return _graph_layout(program)
     ops = program.ops
     sizes = [(_act_bytes(o.in_shape), 0 if getattr(o, "last", False) else _act_bytes(o.out_shape)) for o in ops]
     arena = max([sizes[0][1]] + [i + o for i, o in sizes[1:]])
@@ -74,12 +108,12 @@ def arena_layout(program: IntProgram) -> tuple[int, list[tuple[int, int]]]:
     at_start = True  # where the previous output went
     for k, (_, out) in enumerate(sizes):
         if k == 0:
-            places.append((-1, 0))
+            places.append((-1, 0, 0))
             at_start = True
             continue
         in_at = 0 if at_start else arena - sizes[k - 1][1]
         out_at = arena - out if at_start else 0
-        places.append((in_at, out_at))
+        places.append((in_at, out_at, 0))
         at_start = not at_start
     return arena, places
 
@@ -158,7 +192,7 @@ def memory_report(program: IntProgram) -> MemoryReport:
     rep = MemoryReport()
     kernels: set[tuple[str, bool, int]] = set()
     for op in program.ops:
-        if isinstance(op, PoolOp):
+        if isinstance(op, (PoolOp, AddOp)):
             continue
         wb = row_bytes(op) * op.cout
         tb = _table_bytes(op)
@@ -171,10 +205,13 @@ def memory_report(program: IntProgram) -> MemoryReport:
     has_pool = any(isinstance(o, PoolOp) for o in program.ops)
     rep.code = (
         _CODE_BASE + _CODE_KERNEL * len(kernels) + (_CODE_CONV if has_conv else 0) + (_CODE_POOL if has_pool else 0)
-        + (_CODE_DYNAMIC if program.dynamic else 0)
+        + (_CODE_DYNAMIC if program.dynamic else 0) + (_CODE_ADD if any(isinstance(o, AddOp) for o in program.ops) else 0)
     )
-    pairs = [_act_bytes(o.in_shape) + (0 if getattr(o, "last", False) else _act_bytes(o.out_shape)) for o in program.ops]
-    rep.activations = max(pairs)
+    if program.graph:  # the arena: skip connections keep more than one pair alive
+        rep.activations = arena_layout(program)[0]
+    else:
+        pairs = [_act_bytes(o.in_shape) + (0 if getattr(o, "last", False) else _act_bytes(o.out_shape)) for o in program.ops]
+        rep.activations = max(pairs)
     rep.col = max([o.n for o in program.compute_ops if o.op == "conv"], default=0)
     if program.dynamic:
         rep.ybuf = 4 * max([o.cout * o.positions for o in program.compute_ops if not o.last], default=0)
