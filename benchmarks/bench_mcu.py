@@ -4,6 +4,8 @@
     python benchmarks/bench_mcu.py                 # inner loops, -O2 and -Os, markdown table
     python benchmarks/bench_mcu.py --accuracy      # + float / fake-quant / integer accuracy table (trains ~1 min)
     python benchmarks/bench_mcu.py --emulated      # + exact executed instructions per weight on rv32ec/rv32imc/Cortex-M4 (QEMU)
+    python benchmarks/bench_mcu.py --only mlperf   # MLPerf Tiny shapes: estimated and linked flash/RAM per weight type
+    python benchmarks/bench_mcu.py --only mlperf --models dscnn --target rv32imc --check 50
 
 Instructions per weight = (Ir(R2 reps) - Ir(R1 reps)) / ((R2 - R1) * N): start-up cancels out,
 and callgrind counts are the same on every run. The kernels are the ones the export emits
@@ -244,6 +246,70 @@ def accuracy_table(seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+# MLPerf Tiny shapes (random weights, synthetic inputs): model -> (zoo factory, input shape, outputs, signed input,
+# {weight type: quantize config}). Signed inputs (MFCC, mel energies) take an int8 first-layer input quantizer.
+MLPERF = {
+    "dscnn": ("DSCNN", (1, 49, 10), 12, True, {
+        "int8": "w8,a8,a:stem=int8", "int4": "w4,a8,a:stem=int8",
+        "mixed 8/4/2": "w4,stem=int8:channel,blocks.*.3=int2:channel,a8,a:stem=int8",
+    }),
+    "resnet8": ("ResNet8", (3, 32, 32), 10, False, {"int8": "w8,a8", "int4": "w4,a8"}),
+    "mobilenetv1": ("MobileNetV1", (3, 96, 96), 2, False, {"int8": "w8,a8", "int4": "w4,a8"}),
+    "autoencoder": ("FCAutoencoder", (640,), 640, True, {"int8": "w8,a8,a:layers.0=int8", "int4": "w4,a8,a:layers.0=int8"}),
+}
+
+
+def mlperf_table(models: list[str], tgt: str, check: int, seed: int = 0) -> str:
+    """Flash/RAM of the MLPerf Tiny shapes: the estimate, the model's linked sections and the whole image on ``tgt``."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    import lowbit
+    import lowbit.models.zoo as zoo
+    from lowbit.targets.mcu import export_program, lower, reference
+    from lowbit.targets.mcu.cross import build_target, linked_size, missing_tools, model_size, run_target
+
+    miss = missing_tools(tgt)
+    rows = [
+        f"| model | weights | params | flash estimate | flash linked (model) | RAM estimate | RAM linked (model) | "
+        f"whole image flash / RAM+stack ({tgt}) | C == reference ({check} inputs, {tgt}) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in models:
+        factory, shape, outputs, signed, configs = MLPERF[name]
+        torch.manual_seed(seed)
+        model = getattr(zoo, factory)(shape, outputs)
+        gen = torch.Generator().manual_seed(seed + 1)
+        x = torch.randn((max(check, 64), *shape), generator=gen) if signed else torch.rand((max(check, 64), *shape), generator=gen)
+        model.train()
+        with torch.no_grad():  # BatchNorm statistics as a trained model has them
+            for _ in range(3):
+                model(x)
+        model.eval()
+        params = sum(p.numel() for p in model.parameters())
+        for wtype, config in configs.items():
+            q = lowbit.quantize(copy.deepcopy(model), config, calib=[(x, None)])
+            prog = lower(q, x)
+            with tempfile.TemporaryDirectory() as tmp:
+                res = export_program(prog, tmp, harness=True, target=tgt)
+                if miss:
+                    linked, image, same = "-", f"not built: {', '.join(miss)} missing", "-"
+                else:
+                    elf = build_target(tmp, tgt)
+                    m, img = model_size(Path(tmp) / "lowbit_model.map"), linked_size(elf, tgt)
+                    linked = (f"{m.flash:,}", f"{m.ram:,}")
+                    image = f"{img.flash:,} / {img.ram + img.stack:,}"
+                    same = "-"
+                    if check:
+                        xi = prog.quantize_input(x[:check])
+                        same = "yes" if np.array_equal(run_target(elf, tgt, prog, xi, timeout=1800), reference.run(prog, xi)) else "**NO**"
+            lf, lr = linked if isinstance(linked, tuple) else (linked, linked)
+            rows.append(f"| {name} | {wtype} | {params:,} | {res.report.flash:,} | {lf} | {res.report.ram:,} | {lr} | {image} | {same} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the markdown tables."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -251,7 +317,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cc", default="cc")
     p.add_argument("--emulated", action="store_true",
                    help="also count executed instructions per weight on rv32ec, rv32imc and Cortex-M4 in QEMU (-singlestep -d exec; ~3 min)")
+    p.add_argument("--only", choices=("loops", "mlperf"), default="loops",
+                   help="loops: the inner-loop tables (default); mlperf: the MLPerf Tiny shapes' flash/RAM table")
+    p.add_argument("--models", default=",".join(MLPERF), help=f"comma-separated, of {', '.join(MLPERF)} (--only mlperf)")
+    p.add_argument("--target", default="rv32imc", help="the target the MLPerf models are linked (and run) for")
+    p.add_argument("--check", type=int, default=0, help="also run this many inputs in QEMU and compare with the reference")
     args = p.parse_args(argv)
+    if args.only == "mlperf":
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        bad = [m for m in models if m not in MLPERF]
+        if bad or not models:
+            p.error(f"--models must name some of {', '.join(MLPERF)}, got {args.models!r}")
+        if args.check < 0:
+            p.error(f"--check must be >= 0, got {args.check}")
+        t = time.time()
+        print(f"MLPerf Tiny shapes, random weights, synthetic inputs; bytes; linked = the model's object file in the map "
+              f"({args.target}, -O2, picolibc); RAM without the stack and the caller's input/logits\n")
+        print(mlperf_table(models, args.target, args.check))
+        print(f"\n(aim: DS-CNN int4 fits a 64 KB flash / 20 KB RAM part; {time.time() - t:.0f} s)")
+        return 0
     t = time.time()
     o2 = instructions_per_weight("-O2", args.cc)
     os_ = instructions_per_weight("-Os", args.cc)

@@ -14,9 +14,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .autoencoder import FCAutoencoder
 from .conv1d import Conv1dNet
 from .dscnn import DSCNN
 from .lstm import LSTMClassifier
+from .mobilenetv1 import MobileNetV1
 from .mobilenetv2 import MobileNetV2
 from .resnet8 import ResNet8
 from .resnet18 import ResNet18
@@ -24,7 +26,7 @@ from .vit import VisionTransformer
 
 __all__ = [
     "ZOO", "ZooModel", "zoo_input", "ResNet18", "ResNet8", "DSCNN", "MobileNetV2",
-    "VisionTransformer", "LSTMClassifier", "Conv1dNet",
+    "VisionTransformer", "LSTMClassifier", "Conv1dNet", "MobileNetV1", "FCAutoencoder",
 ]
 
 
@@ -48,6 +50,8 @@ ZOO: dict[str, ZooModel] = {
     "vit": ZooModel(VisionTransformer, (3, 32, 32), 10, {"dim": 32, "depth": 2, "heads": 4}, (3, 16, 16)),
     "lstm": ZooModel(LSTMClassifier, (32,), 4, {"vocab": 50, "embed": 16, "hidden": 16}, (12,), vocab=100),
     "conv1d": ZooModel(Conv1dNet, (1, 40), 10, {"width": 16}),
+    "mobilenetv1": ZooModel(MobileNetV1, (3, 96, 96), 2, {"width_mult": 0.25}, (3, 32, 32)),
+    "autoencoder": ZooModel(FCAutoencoder, (640,), 640, {"hidden": 32, "bottleneck": 4}),
 }
 
 
