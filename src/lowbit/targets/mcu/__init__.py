@@ -8,10 +8,11 @@ The integer pipeline is described in :mod:`lowbit.targets.mcu.lower`.
 """
 from . import reference
 from .export import ExportResult, export, export_program, render
-from .lower import ComputeOp, IntProgram, PoolOp, lower
+from .lower import AddOp, ComputeOp, IntProgram, PoolOp, lower
 from .report import MemoryReport, memory_report, parse_bytes
 
 __all__ = [
+    "AddOp",
     "ComputeOp",
     "ExportResult",
     "IntProgram",
