@@ -13,6 +13,12 @@ QAT accuracy (W8/W4/W2) lowbit vs Brevitas, PTQ accuracy (W8/W4) lowbit vs
 torchao, QAT step time / float step time, int4 group-128 quantization time,
 NF4 error and time vs torchao's ``to_nf4``, SNN epoch time and accuracy vs snnTorch.
 Times are medians of several runs; ratios are lowbit / peer unless said otherwise.
+
+Two sections write their own tables: ``--only zoo`` (issue 21: which zoo models lowbit, Brevitas
+and torchao quantize, run and export; ``results/peers_zoo.md``, see ``_peers_zoo.py``) and
+``--only ptq2`` (issue 17: lowbit's GPTQ / AdaRound vs Brevitas' GPTQ / learned round on
+bench_ptq's digits VGG and MNIST-5k CNN; ``results/peers_ptq.md``, see ``_peers_ptq.py``).
+The venv also gets aihwkit-lightning, for the CIM peer script.
 """
 from __future__ import annotations
 
@@ -480,7 +486,7 @@ def section_ptq2(args: argparse.Namespace, vers: str) -> None:
         "Brevitas run alternately in one process (1 thread), so the machine's load hits both alike. Brevitas' "
         "seconds include its fx preprocessing and MSE scale search (lowbit's include its MSE clip search).\n"
         f"Command: `python benchmarks/bench_peers.py --only ptq2 --ptq-seeds {seeds} --ptq-epochs {args.ptq_epochs} "
-        f"--ptq-iters {args.ptq_iters}`."
+        f"--ptq-iters {args.ptq_iters} --ptq-data {' '.join(args.ptq_data)}`."
     )
     _write(RESULTS_PTQ, ptq_markdown(out, header))
 
@@ -554,10 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", choices=["qat", "ptq", "int4", "nf4", "snn", "zoo", "ptq2"],
                    help="run only these sections (zoo and ptq2 write peers_zoo.md / peers_ptq.md)")
     p.add_argument("--zoo-models", nargs="*", default=None, help="zoo section: these models only (default: all)")
-    p.add_argument("--ptq-data", nargs="*", default=["digits", "mnist"], choices=["digits", "mnist"], help="ptq2 section: datasets")
+    p.add_argument("--ptq-data", nargs="*", default=None, choices=["digits", "mnist"],
+                   help="ptq2 section: datasets (default both; --quick: digits)")
     p.add_argument("--ptq-seeds", type=lambda v: [int(s) for s in v.split(",")], default=[0], help="ptq2: seeds, e.g. 0,1,2")
     p.add_argument("--ptq-epochs", type=int, default=15, help="ptq2: float training epochs (bench_ptq's 15)")
-    p.add_argument("--ptq-iters", type=int, default=1000, help="ptq2: AdaRound / learned-round iterations per layer")
+    p.add_argument("--ptq-iters", type=int, default=None, help="ptq2: AdaRound / learned-round iterations per layer (1000; --quick: 300)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     q = args.quick
@@ -566,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     args.sizes = [1e7] if q else [1e7, 1e8]
     args.nf4_size = 1e7
     args.threads_big = min(2, os.cpu_count() or 1)
+    args.ptq_data = args.ptq_data or (["digits"] if q else ["digits", "mnist"])
+    args.ptq_iters = args.ptq_iters or (300 if q else 1000)
     if args.inner:
         return inner(args)
     py = ensure_venv()
