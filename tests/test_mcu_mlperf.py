@@ -5,7 +5,9 @@ convs, global average pooling) as int8, int4 and mixed 8/4/2 (8-bit stem, 2-bit 
 equal the NumPy integer reference bit for bit, on the host compiler and in QEMU for rv32imc and
 Cortex-M4; the linked flash/RAM of the 4-bit model fits a 64 KB flash / 20 KB RAM part.
 ResNet-8 (32x32x3; residual adds, strided 1x1 shortcuts) goes through the traced-graph path
-(lowbit.graph's GraphModule): int8 and int4, bit-exact on the host and in QEMU.
+(lowbit.graph's GraphModule): int8 and int4, bit-exact on the host and in QEMU. MobileNetV1-0.25
+(96x96x3 visual wake words) and the FC autoencoder (640 inputs; its int32 reconstruction is
+the output) in int4 (and int8 for the autoencoder), the same checks.
 
 Without the cross toolchains the emulated tests skip naming what is missing -- except in CI.
 """
@@ -21,7 +23,8 @@ import torch
 import lowbit
 from lowbit.models.zoo import DSCNN, ResNet8
 from lowbit.targets.mcu.lower import AddOp
-from lowbit.targets.mcu import export, reference
+from lowbit.targets.mcu.report import arena_layout
+from lowbit.targets.mcu import export, export_program, reference
 from lowbit.targets.mcu.cross import build_target, linked_size, model_size, run_target
 from lowbit.targets.mcu.toolchain import compile_harness, find_cc, run_harness
 
@@ -88,7 +91,7 @@ def test_dscnn_host_c_equals_reference(dscnn):
 def test_dscnn_emulated_equals_reference(dscnn, tgt):
     _need(tgt)
     d = dscnn.out / tgt
-    res = export(dscnn.q, d, calib=dscnn.x, harness=True, target=tgt)
+    res = export_program(dscnn.res.program, d, harness=True, target=tgt)  # the host's program: no second lowering
     elf = build_target(d, tgt)
     c = run_target(elf, tgt, res.program, dscnn.xi, timeout=600)
     np.testing.assert_array_equal(c, dscnn.ref, err_msg=f"{dscnn.name} on {tgt}")
@@ -96,7 +99,7 @@ def test_dscnn_emulated_equals_reference(dscnn, tgt):
     image = linked_size(elf, tgt)
     # the linker's numbers beside the estimate: weights and buffers are most of both
     assert res.report.weights < model.flash <= res.report.flash * 1.15, (model, res.report.flash)
-    assert res.report.activations <= model.ram <= res.report.ram, (model, res.report.ram)
+    assert arena_layout(res.program)[0] <= model.ram <= res.report.ram, (model, res.report.ram)  # the estimate also counts the input
     if dscnn.name != "int8":  # the 4-bit and mixed models fit a 64 KB flash / 20 KB RAM part, harness and libc included
         assert image.flash <= 64 * 1024 and image.ram + image.stack <= 20 * 1024, (dscnn.name, tgt, image)
 
@@ -153,10 +156,68 @@ def test_resnet8_host_c_equals_reference(resnet8):
 def test_resnet8_emulated_equals_reference(resnet8, tgt):
     _need(tgt)
     d = resnet8.out / tgt
-    res = export(resnet8.q, d, calib=resnet8.x, harness=True, target=tgt)
+    res = export_program(resnet8.res.program, d, harness=True, target=tgt)
     elf = build_target(d, tgt)
     c = run_target(elf, tgt, res.program, resnet8.xi, timeout=900)
     np.testing.assert_array_equal(c, resnet8.ref, err_msg=f"resnet8-{resnet8.name} on {tgt}")
     model = model_size(d / "lowbit_model.map")
     assert res.report.weights < model.flash <= res.report.flash * 1.15, (model, res.report.flash)
-    assert res.report.activations <= model.ram <= res.report.ram, (model, res.report.ram)
+    assert arena_layout(res.program)[0] <= model.ram <= res.report.ram, (model, res.report.ram)  # the estimate also counts the input
+
+
+# name -> (factory, input shape, outputs, {weight type: config}, signed synthetic input)
+OTHERS = {
+    "mobilenetv1": ("MobileNetV1", (3, 96, 96), 2, {"int4": "w4,a8"}, False),
+    "autoencoder": ("FCAutoencoder", (640,), 640, {"int8": "w8,a8,a:layers.0=int8", "int4": "w4,a8,a:layers.0=int8"}, True),
+}
+
+
+@pytest.fixture(scope="module", params=[(m, t) for m in OTHERS for t in OTHERS[m][3]], ids=lambda p: f"{p[0]}-{p[1]}")
+def other(request, tmp_path_factory):
+    import lowbit.models.zoo as zoo
+
+    name, wtype = request.param
+    factory, shape, outputs, configs, signed = OTHERS[name]
+    torch.manual_seed(0)
+    model = getattr(zoo, factory)(shape, outputs)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn((N_INPUTS, *shape), generator=gen) if signed else torch.rand((N_INPUTS, *shape), generator=gen)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    q = lowbit.quantize(model.eval(), configs[wtype], calib=[(x, None)])
+    out = tmp_path_factory.mktemp(name)
+    res = export(q, out / "host", calib=x, harness=True)
+    xi = res.program.quantize_input(x)
+    with torch.no_grad():
+        fq = lowbit.convert(q)(x).numpy()
+    return SimpleNamespace(name=f"{name}-{wtype}", out=out, res=res, xi=xi, fq=fq, outputs=outputs,
+                           ref=reference.run(res.program, xi), host=run_harness(compile_harness(out / "host"), res.program, xi))
+
+
+def test_mobilenet_and_autoencoder_host_c_equals_reference(other):
+    prog = other.res.program
+    np.testing.assert_array_equal(other.host, other.ref, err_msg=other.name)
+    assert other.host.shape == (N_INPUTS, other.outputs) and other.host.dtype == np.int32
+    r = np.corrcoef(other.fq.ravel(), other.ref.astype(np.float64).ravel() * prog.logit_scale)[0, 1]
+    assert r > 0.99, (other.name, r)
+    if other.name.startswith("mobilenetv1"):
+        dws = [o for o in prog.compute_ops if o.groups > 1]
+        assert len(dws) == 13 and all(o.n == 9 for o in dws) and [o.stride for o in dws].count((2, 2)) == 4
+        assert prog.compute_ops[0].out_shape == (8, 48, 48) and prog.compute_ops[-2].out_shape == (256, 3, 3)
+    else:  # the reconstruction: 640 int32 outputs per input, real values
+        assert len(np.unique(other.host)) > 10_000
+
+
+@pytest.mark.parametrize("tgt", ["rv32imc", "cortex-m4"])
+def test_mobilenet_and_autoencoder_emulated_equal_reference(other, tgt):
+    _need(tgt)
+    d = other.out / tgt
+    res = export_program(other.res.program, d, harness=True, target=tgt)
+    elf = build_target(d, tgt)
+    c = run_target(elf, tgt, res.program, other.xi, timeout=900)
+    np.testing.assert_array_equal(c, other.ref, err_msg=f"{other.name} on {tgt}")
+    model = model_size(d / "lowbit_model.map")
+    assert res.report.weights < model.flash <= res.report.flash * 1.15, (model, res.report.flash)
+    assert arena_layout(res.program)[0] <= model.ram <= res.report.ram, (model, res.report.ram)  # the estimate also counts the input
