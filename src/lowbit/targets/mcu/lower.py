@@ -29,6 +29,9 @@ average pooling) also runs on them, at the scale of the layer it feeds: ``sum`` 
 (int32), then ``out = clamp(round_shift(sum * m, s), lo, hi)``; for a window of ``2^k`` values
 ``m = 1, s = k`` (the exact mean, rounded half up), otherwise ``m = round(2^s / count)`` with the
 largest ``s <= 30`` for which ``sum * m`` cannot leave int32 (the C code and the reference both do this).
+
+Traced models with skip connections (``lowbit.graph``'s GraphModules, e.g. ResNet-8) take the
+graph path in :mod:`.residual`: the same compute ops plus residual adds, each op naming its inputs.
 """
 from __future__ import annotations
 
