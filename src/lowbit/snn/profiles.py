@@ -21,7 +21,7 @@ One step of a hidden neuron, in the chip's order (integers throughout):
 4. spike: ``v > theta`` (Loihi 2) or ``v >= theta`` (Xylo); at most one spike per step;
 5. reset: ``v = 0`` (Loihi 2) or ``v -= theta`` (Xylo), in the same step.
 
-Decays (sources, as the lowbit brief for issue 18 states them, checked where a copy was at hand):
+Decays (sources: issue 18's figures, checked against a public copy where one was at hand):
 
 - Loihi 2 (Lava's bit-accurate CUBA LIF, ``PyLifModelBitAcc``; recalled, not read here): 12-bit
   decay ``d`` in 0..4096, ``v <- sign(v * (4096 - d)) * (|v * (4096 - d)| >> 12)`` (truncation toward
@@ -38,6 +38,12 @@ Decays (sources, as the lowbit brief for issue 18 states them, checked where a c
 ``keep = round(4096 * beta)`` (Loihi 2), ``dash`` with ``1 - 2^-dash`` nearest to ``beta`` (Xylo).
 :func:`apply_profile` turns off the network's own weight and state quantizers: the profile
 quantizes both.
+
+Measured (``benchmarks/bench_snn.py --only profiles``): Loihi 2's cost on the ``lowbit snn`` task is its
+reset to zero, not its integers: the same arithmetic with a subtractive reset
+(``dataclasses.replace(PROFILES["loihi2"], reset="subtract")``, a custom neuron model on Loihi 2) matches
+8-bit QAT, and a float network trained with ``reset="zero"`` from the start fine-tunes better than one
+trained with subtraction.
 """
 from __future__ import annotations
 
