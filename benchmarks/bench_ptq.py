@@ -46,13 +46,14 @@ def _one_seed(data: str, model_name: str, seed: int, args: argparse.Namespace) -
     held = list(loader(ds.train, 256, shuffle=True, seed=seed + 200))[:4]
     row = {"float": evaluate(model, test)}
     times: dict[str, float] = {}
-    for b in (4, 3, 2):
-        for method in METHODS:
+    for b in args.bits:
+        for method in args.methods:
             opts = {"iters": args.adaround_iters, "seed": seed} if method in ("adaround", "brecq") else None
             t0 = time.perf_counter()
             qm = lowbit.quantize(model, f"w{b}", calib=calib, method=method, method_options=opts)
             times[f"{method} W{b}"] = time.perf_counter() - t0
             row[f"{method} W{b}"] = evaluate(qm, test)
+            print(f"  seed {seed}: {method} W{b} {row[f'{method} W{b}']:.2f} ({times[f'{method} W{b}']:.1f} s)", flush=True)
     cfgs = {}
     for method in ("nearest", "gptq"):  # the sensitivities measured with the method that then rounds
         cfgs[method] = mixed_precision(model, calib, held, budget=3.0, method=method, progress=False)
@@ -67,10 +68,13 @@ def _table(title: str, rows: list[dict[str, float]]) -> str:
     lines = [f"### {title} (mean of {len(rows)} seeds)", "", "| method | W4 | W3 | W2 |", "|---|---:|---:|---:|",
              f"| float | {f:.2f} | {f:.2f} | {f:.2f} |"]
     for m in METHODS:
-        if f"{m} W4" not in rows[0]:
+        if not any(f"{m} W{b}" in rows[0] for b in (4, 3, 2)):
             continue
         cells = []
         for b in (4, 3, 2):
+            if f"{m} W{b}" not in rows[0]:
+                cells.append("–")
+                continue
             a = statistics.mean(r[f"{m} W{b}"] for r in rows)
             cells.append(f"{a:.2f} ({a - f:+.2f})")
         lines.append(f"| PTQ {m} | " + " | ".join(cells) + " |")
@@ -111,6 +115,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-big", action="store_true", help="skip the 4096x4096 GPTQ timing")
     p.add_argument("--data", default="digits,mnist", help="which of digits,mnist to run")
+    p.add_argument("--bits", default="4,3,2", type=lambda v: [int(b) for b in v.split(",")], help="weight bit widths")
+    p.add_argument("--methods", default=",".join(METHODS), type=lambda v: v.split(","), help="rounding methods")
     p.add_argument("--rows", default=None, help="append each seed's row to this JSON-lines file")
     p.add_argument("--table", default=None, help="only print the tables from a --rows file")
     args = p.parse_args()
