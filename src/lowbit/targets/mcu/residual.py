@@ -108,15 +108,19 @@ def lower_graph(model: fx.GraphModule, x: Tensor, *, ternary: str = "base3") -> 
             raise ValueError(f"node {name!r} does not produce a tensor")
         return v
 
-    def users_aq(node: str) -> ActQuant | None:
-        """The input quantizer of the only user of ``node`` when that user is a quantized layer."""
-        n = nodes[node]
-        us = list(n.users)
-        while len(us) == 1 and us[0].op == "call_module" and isinstance(mods.get(str(us[0].target)), (*_SKIP,)):
+    def user_layer(node: str) -> str | None:
+        """The only user of ``node`` (past Dropout/Identity) when that user is a quantized layer."""
+        us = list(nodes[node].users)
+        while len(us) == 1 and us[0].op == "call_module" and isinstance(mods.get(str(us[0].target)), (*_SKIP, ActQuant)):
             us = list(us[0].users)
         if len(us) == 1 and us[0].op == "call_module" and isinstance(mods.get(str(us[0].target)), QuantLayer):
-            return getattr(mods[str(us[0].target)], "input_quant", None)
+            return str(us[0].target)
         return None
+
+    def users_aq(node: str) -> ActQuant | None:
+        """The input quantizer of the only user of ``node`` when that user is a quantized layer."""
+        layer = user_layer(node)
+        return getattr(mods[layer], "input_quant", None) if layer is not None else None
 
     def materialize(v: object, aq: ActQuant | None = None) -> _Int:
         assert prog is not None
@@ -167,7 +171,8 @@ def lower_graph(model: fx.GraphModule, x: Tensor, *, ternary: str = "base3") -> 
             if prog is not None:
                 raise ValueError("the MCU target takes models with one input")
             d = data(n.name)
-            act = _act_range(n.name, users_aq(n.name), d, False, None)
+            # the model input takes its first layer's input quantizer (an error names that layer)
+            act = _act_range(user_layer(n.name) or n.name, users_aq(n.name), d, False, None)
             prog = IntProgram(tuple(int(s) for s in d.shape[1:]), act.scale, act.lo, act.hi)
             env[n.name] = _Int(-1, prog.input_shape, act)
         elif n.op == "call_module":
@@ -217,7 +222,10 @@ def lower_graph(model: fx.GraphModule, x: Tensor, *, ternary: str = "base3") -> 
             elif (n.op == "call_function" and fn in _FLATTENS) or (n.op == "call_method" and fn in ("flatten", "view", "reshape")):
                 d = data(n.name)
                 if d.dim() != 2 or d.shape[0] != x.shape[0]:
-                    raise ValueError(f"node {n.name!r} ({_fn_name(n)}): only flattening to [N, features] is supported")
+                    raise ValueError(
+                        f"node {n.name!r} ({_fn_name(n)} to {tuple(d.shape)}) is not supported by the MCU target: only flattening "
+                        f"to [N, features]; supported: {SUPPORTED_LAYERS}"
+                    )
                 inp = materialize(args[0])
                 env[n.name] = _Int(inp.src, (int(d.shape[1]),), inp.act)
             elif n.op == "call_function" and fn is torch.nn.functional.dropout:
