@@ -319,12 +319,20 @@ class Int4Kernel(Kernel):
         """[K/group, N, 2]: the kernel computes ``(code - 8) * scale + zero``."""
         m = layer._qmeta
         n, k = m.shape
-        s = layer._buffers[packed.PREFIX + "scale"].float().reshape(n, k // m.granularity.size)
+        scale = layer._buffers[packed.PREFIX + "scale"]
         zp = layer._buffers.get(packed.PREFIX + "zero_point")
+        # built per call (a cached copy would add 4-8 bytes per group to the packed weight): in as few
+        # passes as possible, since under load each op costs a scheduling round, not just its arithmetic
+        out = torch.zeros(k // m.granularity.size, n, 2, dtype=dtype)
+        if zp is None and m.fmt.qmin == -8:  # signed int4: zero 0, one cast-and-transpose copy
+            out[..., 0].copy_(scale.view(n, -1).t())
+            return out
+        s = scale.float().reshape(n, k // m.granularity.size)
         # level = code + qmin; w = (level - zp) * s = (code - 8) * s + (8 + qmin - zp) * s
         off = 8 + m.fmt.qmin - (zp.float().reshape(s.shape) if zp is not None else 0.0)
-        z = off * s if (zp is not None or m.fmt.qmin != -8) else torch.zeros_like(s)
-        return torch.stack([s, z], -1).transpose(0, 1).contiguous().to(dtype)
+        out[..., 0].copy_(s.t())
+        out[..., 1].copy_((off * s).t())
+        return out
 
     def run(self, layer: Any, x: Tensor, bias: Tensor | None) -> Tensor:
         """``x @ W.T + bias`` by the int4 group-wise kernel."""
