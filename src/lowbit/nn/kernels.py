@@ -159,7 +159,8 @@ class Int8Kernel(Kernel):
     def run(self, layer: Any, x: Tensor, bias: Tensor | None) -> Tensor:
         """``x @ (int8 W).T * scale + bias`` by the int8 weight-only kernel."""
         w = layer._buffers["qweight_int8"]
-        s = _rows_scale(layer, w.shape[0]).to(x.dtype)
+        s = layer._buffers[packed.PREFIX + "scale"]  # already x's dtype after model.to(dtype): no pass then
+        s = (s.expand(w.shape[0]) if s.numel() == 1 else s).to(x.dtype)
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), w, s).reshape(*x.shape[:-1], w.shape[0])
         return y if bias is None else y + bias.to(y.dtype)
 
