@@ -50,6 +50,8 @@ from ..nn.layers import QuantLayer
 from ..qtensor import QTensor
 from ..quantizer import Quantizer
 from .onnx_verify import OnnxCheck, output_unit, verify_onnx
+from .onnx_ops_seq import SEQ_LEAVES, seq_module
+from .onnx_ops_tensor import Dim, Shape, tensor_op
 
 __all__ = ["export_onnx", "to_onnx", "run_onnx", "onnx_ops", "verify_onnx", "OnnxCheck", "WEIGHT_FORMATS", "DEFAULT_OPSET"]
 
@@ -95,12 +97,16 @@ class _Graph:
 
     def op(self, op_type: str, inputs: Sequence[str], base: str, n_out: int = 1, doc: str | None = None, **attrs: Any) -> str:
         """Add a node; returns the name of its (first) output."""
+        return self.op_n(op_type, inputs, base, n_out, doc, **attrs)[0]
+
+    def op_n(self, op_type: str, inputs: Sequence[str], base: str, n_out: int, doc: str | None = None, **attrs: Any) -> list[str]:
+        """Add a node with ``n_out`` outputs; returns their names."""
         outs = [self.name(f"{base}.{op_type}" if n_out == 1 else f"{base}.{op_type}.{k}") for k in range(n_out)]
         node = self.onnx.helper.make_node(op_type, list(inputs), outs, name=self.name(f"{base}/{op_type}"), **attrs)
         if doc:
             node.doc_string = doc
         self.nodes.append(node)
-        return outs[0]
+        return outs
 
 
 def _np(t: Tensor, dtype: Any = np.float32) -> np.ndarray:
@@ -264,6 +270,8 @@ class _Ctx:
     g: _Graph
     weight_format: str
     shapes: dict  # fx node name -> output shape (tuple) or None
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
     taps: dict = field(default_factory=dict)  # activation quantizer module name -> its ONNX output (for verification)
     tapped_twice: set = field(default_factory=set)  # quantizers called more than once: one tensor cannot stand for them
 
@@ -385,7 +393,7 @@ _PASS = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 _LEAVES = (QuantLayer, ActQuant, PACT, nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
-           nn.Flatten, nn.Softmax, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh) + tuple(_SIMPLE_ACTS) + _PASS + _POOLS
+           nn.Flatten, nn.Softmax, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh) + tuple(_SIMPLE_ACTS) + _PASS + _POOLS + SEQ_LEAVES
 
 
 def _module(ctx: _Ctx, m: nn.Module, x: str, base: str, in_shape: tuple | None, out_shape: tuple | None) -> str:
@@ -452,7 +460,7 @@ class _Tracer(torch.fx.Tracer):
 
 # what _module maps (a leaf module of any other type has no ONNX form)
 _MODULE_FORMS = (ActQuant, PACT, nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.LeakyReLU,
-                 nn.Hardtanh, nn.Flatten, nn.Softmax) + tuple(_SIMPLE_ACTS) + _PASS + _POOLS
+                 nn.Hardtanh, nn.Flatten, nn.Softmax) + tuple(_SIMPLE_ACTS) + _PASS + _POOLS + SEQ_LEAVES
 
 
 class _Refused(ValueError):
@@ -524,6 +532,8 @@ def _convert_node(ctx: _Ctx, gm: torch.fx.GraphModule, node: torch.fx.Node, env:
     out_shape = ctx.shapes.get(node.name)
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
+        if isinstance(m, SEQ_LEAVES) and not isinstance(m, (ActQuant, PACT)):
+            return seq_module(ctx, m, node, env, str(node.target))
         return _module(ctx, m, _arg_name(ctx, env, node.args[0], base), str(node.target), in_shape, out_shape)
     target: Any = node.target
     if node.op not in ("call_function", "call_method"):
@@ -549,6 +559,9 @@ def _convert_node(ctx: _Ctx, gm: torch.fx.GraphModule, node: torch.fx.Node, env:
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         return g.op("Concat", [_arg_name(ctx, env, t, base) for t in tensors], base, axis=int(dim))
+    done = tensor_op(ctx, node, key, env, base, in_shape, out_shape)
+    if done is not None:
+        return done
     raise ValueError(
         f"node {base!r} ({node.op} {name}) has no ONNX form in lowbit's exporter; supported: Linear, Conv1d/2d, "
         "BatchNorm, ReLU/Sigmoid/Tanh/LeakyReLU/ReLU6, pooling (modules and F.*_pool*d), Flatten/reshape, add/sub/mul/div, cat, "
@@ -559,13 +572,23 @@ def _convert_node(ctx: _Ctx, gm: torch.fx.GraphModule, node: torch.fx.Node, env:
 # --------------------------------------------------------------------------- public API
 
 
+_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64)
+
+
+def example_tensor(example_input: Tensor) -> Tensor:
+    """The example as the graph takes it: float32, or int64 for integer inputs (token ids)."""
+    x = example_input.detach().cpu()
+    return x.long() if not x.is_floating_point() else x.float()
+
+
 def _check_args(model: object, example_input: object, opset: int, weight_format: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, Tensor):
         raise TypeError(f"example_input must be a torch.Tensor (a batch of inputs), got {type(example_input).__name__}")
-    if not example_input.is_floating_point() or example_input.dim() < 1 or example_input.numel() == 0:
-        raise ValueError(f"example_input must be a non-empty float tensor with a batch dimension, got {example_input.dtype} {tuple(example_input.shape)}")
+    if example_input.dtype not in _INPUT_DTYPES or example_input.dim() < 1 or example_input.numel() == 0:
+        raise ValueError("example_input must be a non-empty float (or integer token id) tensor with a batch dimension, "
+                         f"got {example_input.dtype} {tuple(example_input.shape)}")
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 23:
@@ -592,10 +615,10 @@ def to_onnx(
     model = copy.deepcopy(model).float().eval()  # tracing and ShapeProp must not touch the caller's model
     _refuse_unexportable(model)  # the layer that cannot export, before the input is checked
     _check_args(model, example_input, opset, weight_format)
-    example = example_input.detach().float().cpu()
+    example = example_tensor(example_input)
     gm, shapes = _trace(model, example)
     g = _Graph(onnx)
-    ctx = _Ctx(g, weight_format, shapes)
+    ctx = _Ctx(g, weight_format, shapes, opset=opset, dynamic_batch=dynamic_batch)
     env: dict[str, str] = {}
     inputs, outputs = [], []
     unit = None
@@ -608,7 +631,8 @@ def to_onnx(
                 raise ValueError(f"the model takes more than one input ({node.name!r}); the exporter handles one")
             nm = g.name(input_name)
             env[node.name] = nm
-            inputs.append(onnx.helper.make_tensor_value_info(nm, onnx.TensorProto.FLOAT, dims))
+            dt = onnx.TensorProto.FLOAT if example.is_floating_point() else onnx.TensorProto.INT64
+            inputs.append(onnx.helper.make_tensor_value_info(nm, dt, dims))
         elif node.op == "output":
             res = node.args[0]
             items = list(res) if isinstance(res, (tuple, list)) else [res]
@@ -621,9 +645,11 @@ def to_onnx(
                 if dynamic_batch and shp:
                     shp[0] = "batch"
                 outputs.append(onnx.helper.make_tensor_value_info(nm, onnx.TensorProto.FLOAT, shp or None))
-        elif node.op == "get_attr":
-            raise ValueError(f"node {node.name!r}: the forward pass reads the tensor attribute {node.target!r} directly; "
-                             "only module calls and tensor ops are exported")
+        elif node.op == "get_attr":  # a parameter or buffer read directly (a class token, a position embedding)
+            val = _fetch_attr(gm, str(node.target))
+            if not isinstance(val, Tensor):
+                raise ValueError(f"node {node.name!r}: the attribute {node.target!r} is no tensor; only tensors are exported")
+            env[node.name] = g.const(str(node.target), _np(val) if val.is_floating_point() else val.detach().cpu().numpy())
         else:
             with torch.no_grad():  # weights are read, never differentiated
                 env[node.name] = _convert_node(ctx, gm, node, env)
@@ -649,6 +675,13 @@ def to_onnx(
     except Exception as e:  # the checker raises ValidationError / InferenceError
         raise ValueError(f"the exported graph failed onnx.checker: {e}") from None
     return proto
+
+
+def _fetch_attr(gm: torch.fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _version() -> str:
@@ -686,8 +719,10 @@ def run_onnx(model: "str | os.PathLike[str] | Any", x: Tensor | np.ndarray, *, e
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     src = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     sess = ort.InferenceSession(str(src) if isinstance(src, os.PathLike) else src, opts, providers=["CPUExecutionProvider"])
-    arr = x.detach().cpu().float().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float32)
-    return sess.run(None, {sess.get_inputs()[0].name: arr})[0]
+    inp = sess.get_inputs()[0]
+    dt = np.int64 if inp.type == "tensor(int64)" else np.float32  # token ids stay integers
+    arr = x.detach().cpu().numpy().astype(dt) if isinstance(x, Tensor) else np.asarray(x, dtype=dt)
+    return sess.run(None, {inp.name: arr})[0]
 
 
 def onnx_ops(model: "str | os.PathLike[str] | Any") -> dict[str, int]:

@@ -34,8 +34,9 @@ whichever input happens to hold one. The check is therefore:
    the noise ~1e-7 of the sum (measured: <= 0.0005 u on ResNet-8/18).
 
 The inputs are the example input **and** ``random_inputs`` batches of the same shape drawn
-(seeded) from a normal distribution with the example's mean and standard deviation, so the
-verdict does not depend on which input was the example.
+(seeded) from a normal distribution with the example's mean and standard deviation (integer
+inputs, token ids: uniformly between the example's smallest and largest id), so the verdict
+does not depend on which input was the example.
 """
 from __future__ import annotations
 
@@ -138,6 +139,9 @@ def _session(proto: Any, exact: bool, threads: int) -> Any:
 def _random_like(example: Tensor, n: int, seed: int) -> list[Tensor]:
     """``n`` batches shaped like ``example``, normal with its mean and standard deviation (seeded)."""
     gen = torch.Generator().manual_seed(int(seed))
+    if not example.is_floating_point():  # token ids: uniform over the ids the example holds (all valid ones)
+        lo, hi = int(example.min()), int(example.max())
+        return [torch.randint(lo, hi + 1, example.shape, generator=gen) for _ in range(n)]
     mu = float(example.mean())
     sd = float(example.std()) if example.numel() > 1 else 0.0
     if not math.isfinite(sd) or sd == 0.0:
@@ -197,7 +201,8 @@ def verify_onnx(
         tapped.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
     sess = _session(tapped, exact, threads)
     in_name = sess.get_inputs()[0].name
-    example = example_input.detach().float().cpu()
+    example = example_input.detach().cpu()
+    example = example.float() if example.is_floating_point() else example.long()
     batches = [example, *_random_like(example, random_inputs, seed)]
     moved = {k: 0 for k in taps}
     total = {k: 0 for k in taps}
