@@ -244,14 +244,23 @@ def test_out_proj_alone_is_warned_as_float_and_layernorm_is_float_without_a_warn
         lowbit.prepare_qat(model, {"0.norm1": "int4:channel"})
 
 
-def test_attention_has_no_onnx_form_and_the_error_names_the_layer(tmp_path):
+class _SelfDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dec = nn.TransformerDecoderLayer(16, 4, 32, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dec(x, x)
+
+
+def test_decoder_layer_has_no_onnx_form_and_the_error_names_the_layer(tmp_path):
+    # encoder layers export (tests/test_onnx_seq.py); a decoder layer is refused by name
     pytest.importorskip("onnx")
     from lowbit.targets.onnx_export import export_onnx
 
-    model = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoderLayer(16, 4, 32, batch_first=True))
-    q = lowbit.convert(lowbit.quantize(model, "w8"))
-    with pytest.raises(ValueError, match=r"'1' \(LowbitTransformerEncoderLayer\) has no ONNX form"):
-        export_onnx(q, tmp_path / "m.onnx", torch.randn(2, 5, 8))
+    q = lowbit.convert(lowbit.quantize(_SelfDecoder().eval(), "w8"))
+    with pytest.raises(ValueError, match=r"'dec' \(LowbitTransformerDecoderLayer\) has no ONNX form"):
+        export_onnx(q, tmp_path / "m.onnx", torch.randn(2, 5, 16))
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -41,8 +41,6 @@ EXPECTED_REFUSAL = {
     ("conv1d", "cim"): "features.0",
     ("lstm", "mcu"): "embed",
     ("lstm", "cim"): "embed",
-    ("lstm", "onnx"): "embed",  # named before the input (token ids, not floats) is checked
-    ("vit", "onnx"): "encoder",  # attention has no ONNX form in lowbit's exporter
     ("vit", "mcu"): "patch_embed",  # signed inputs (attention would be refused next)
 }
 XFAIL: dict[tuple[str, str], str] = {}  # (model, target) -> what was measured, for a case that fails today

@@ -17,8 +17,8 @@ wrapped ``Linear`` is bypassed and the float shadow weights run. So:
   tensor paths. lowbit swaps them in as *shells*: the same children, which the config
   then quantizes one by one.
 
-None of these has an ONNX form in lowbit's exporter: tracing them raises a ValueError
-naming the layer.
+The ONNX exporter maps the attention module and the encoder classes op by op
+(:mod:`lowbit.targets.onnx_ops_seq`); tracing a decoder layer raises a ValueError naming it.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def refuse_trace(module: nn.Module, x: Any) -> None:
             name = type(module).__name__
         raise ValueError(
             f"layer {name!r} ({type(module).__name__}) has no ONNX form in lowbit's exporter "
-            "(attention, transformer, embedding and recurrent layers are not exported)"
+            "(transformer decoder layers and embedding bags are not exported)"
         )
 
 

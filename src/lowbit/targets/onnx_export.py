@@ -637,11 +637,11 @@ def to_onnx(
             res = node.args[0]
             items = list(res) if isinstance(res, (tuple, list)) else [res]
             unit = output_unit(gm, items[0])
-            for k, r in enumerate(items):
-                src = _arg_name(ctx, env, r, "output")
-                nm = g.name(output_name if len(items) == 1 else f"{output_name}{k}")
+            flat = [pair for r in items for pair in _flat_outputs(ctx, env, r, shapes)]
+            for k, (src, shape) in enumerate(flat):
+                nm = g.name(output_name if len(flat) == 1 else f"{output_name}{k}")
                 g.nodes.append(onnx.helper.make_node("Identity", [src], [nm], name=g.name(f"{nm}/Identity")))
-                shp = list(shapes.get(r.name) or [])
+                shp = list(shape or [])
                 if dynamic_batch and shp:
                     shp[0] = "batch"
                 outputs.append(onnx.helper.make_tensor_value_info(nm, onnx.TensorProto.FLOAT, shp or None))
@@ -675,6 +675,24 @@ def to_onnx(
     except Exception as e:  # the checker raises ValidationError / InferenceError
         raise ValueError(f"the exported graph failed onnx.checker: {e}") from None
     return proto
+
+
+def _flat_outputs(ctx: _Ctx, env: dict[str, Any], r: Any, shapes: dict) -> list[tuple[str, Any]]:
+    """(ONNX tensor, traced shape) of one output item; a layer's tuple output (an RNN's ``out, (h, c)``) flattened."""
+    v = env.get(r.name) if isinstance(r, torch.fx.Node) else None
+    if not isinstance(v, tuple):
+        return [(_arg_name(ctx, env, r, "output"), shapes.get(r.name) if isinstance(r, torch.fx.Node) else None)]
+    out: list[tuple[str, Any]] = []
+
+    def walk(t: Any, meta: Any) -> None:
+        if isinstance(t, tuple):
+            for k, item in enumerate(t):
+                walk(item, meta[k] if isinstance(meta, (tuple, list)) and k < len(meta) else None)
+        elif t is not None:
+            out.append((t, tuple(meta.shape) if hasattr(meta, "shape") else None))
+
+    walk(v, r.meta.get("tensor_meta"))
+    return out
 
 
 def _fetch_attr(gm: torch.fx.GraphModule, target: str) -> Any:
