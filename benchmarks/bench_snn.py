@@ -4,6 +4,8 @@
     python benchmarks/bench_snn.py --timing-only   # step times only
     python benchmarks/bench_snn.py --threads 2 --seed 0
     python benchmarks/bench_snn.py --only profiles --seeds 0 1   # float / 8-bit QAT / Loihi 2 / Xylo
+    python benchmarks/bench_snn.py --only harder --seeds 0 1     # W4 + 4-bit states, calibrated vs learned ranges
+    python benchmarks/bench_snn.py --only harder --task default  # the same rows on the lowbit snn task
 
 Step times: the same recurrent SNN (Randman-sized: 50 inputs, 128 hidden, 30 steps,
 batch 128) trained with float weights and states, fixed-point weights (quantized
@@ -19,6 +21,7 @@ environment, is not part of this script yet.)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -74,7 +77,7 @@ def profile_rows(seed: int, log=print) -> dict[str, object]:
     from lowbit.data.spiking import randman_raster, split
     from lowbit.snn import evaluate, train
     from lowbit.snn.intsim import compile_int, simulate
-    from lowbit.snn.profiles import PROFILES, apply_profile
+    from lowbit.snn.profiles import PROFILES, apply_profile, profile_qat
 
     cfg = AblationConfig(seed=seed)  # the lowbit snn task and its training settings
     t0 = time.perf_counter()
@@ -87,19 +90,27 @@ def profile_rows(seed: int, log=print) -> dict[str, object]:
     rows = {"float": evaluate(fp, xte, yte)}
     log(f"seed {seed} float: {100 * rows['float']:.2f} %  ({time.perf_counter() - t0:.0f} s)")
 
-    def finetune(m: SNN) -> float:
-        train(m, xtr, ytr, epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=seed + 1)
+    def finetune(m: SNN, epochs: int = cfg.qat_epochs) -> float:
+        train(m, xtr, ytr, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=seed + 1)
+        return evaluate(m, xte, yte)
+
+    def recipe(m: SNN) -> float:  # the profile's QAT recipe (lowbit snn --profile runs the same)
+        profile_qat(m, m.profile.profile, xtr, ytr, epochs=cfg.qat_epochs, lr=cfg.qat_lr, adapt_epochs=cfg.qat_epochs,
+                    adapt_lr=cfg.lr, batch_size=cfg.batch_size, seed=seed + 1)
         return evaluate(m, xte, yte)
 
     rows["float fine-tuned"] = finetune(copy.deepcopy(fp))
     rows["QAT 8-bit (fxp8:p99, per population)"] = finetune(copy.deepcopy(fp).quantize_weights("fxp8:p99"))
     log(f"seed {seed} QAT 8-bit: {100 * rows['QAT 8-bit (fxp8:p99, per population)']:.2f} %  "
         f"({time.perf_counter() - t0:.0f} s)")
+    # the Loihi 2 recipe trains 2 x qat_epochs (reset adaptation + integer QAT): 8-bit QAT with that budget too
+    rows["QAT 8-bit, 2x epochs (the Loihi 2 recipe's budget)"] = finetune(
+        copy.deepcopy(fp).quantize_weights("fxp8:p99"), 2 * cfg.qat_epochs)
     agree: dict[str, dict[str, float]] = {}
 
-    def profiled(label: str, m: SNN) -> None:
+    def profiled(label: str, m: SNN, qat=recipe) -> None:
         rows[f"{label} PTQ"] = evaluate(m, xte, yte)
-        rows[f"{label} QAT"] = finetune(m)
+        rows[f"{label} QAT"] = qat(m)
         with torch.no_grad():
             r = m.run(xte, record=True)
         s = simulate(compile_int(m), xte)
@@ -111,9 +122,12 @@ def profile_rows(seed: int, log=print) -> dict[str, object]:
 
     for name in ("loihi2", "xylo"):
         profiled(name, apply_profile(copy.deepcopy(fp), name))
-    # Loihi 2's standard (Lava CUBA) neuron resets to zero; the float network resets by subtraction, and
-    # fine-tuning does not bridge that: (a) train the float network with the chip's reset from the start,
-    # (b) Loihi 2's arithmetic with a subtractive reset (a custom microcode neuron model on Loihi 2)
+    # Loihi 2's standard (Lava CUBA) neuron resets to zero; the float network resets by subtraction. The recipe
+    # adapts the reset in float first; without that step, integer QAT alone does not bridge it. Also:
+    # (a) the float network trained with the chip's reset from the start, (b) Loihi 2's arithmetic with a
+    # subtractive reset (a custom microcode neuron model on Loihi 2)
+    m = apply_profile(copy.deepcopy(fp), "loihi2")
+    rows["loihi2 QAT without the reset adaptation (integer QAT only)"] = finetune(m)
     fz = SNN(cfg.nb_units, cfg.hidden, cfg.nb_classes, recurrent=cfg.recurrent, beta=cfg.beta, reset="zero", seed=seed)
     train(fz, xtr, ytr, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
     rows["float, reset to zero"] = evaluate(fz, xte, yte)
@@ -139,6 +153,74 @@ def profile_table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- state ranges on a harder task (issue 18)
+
+TASKS = {
+    # more classes, fewer input units, a higher-dimensional manifold than lowbit snn's default
+    "harder": {"nb_classes": 16, "nb_units": 40, "dim_manifold": 5},
+    "default": {},
+}
+TASK_FLAGS = {"harder": "--classes 16 --units 40 --dim 5 ", "default": ""}
+
+
+def state_range_rows(seed: int, task: str = "harder", log=print) -> dict[str, object]:
+    """Float, W4 and W4 + 4-bit states (calibrated, learned and snnTorch's fixed range) on one seed of ``task``.
+
+    Every row is the same code path as ``lowbit snn --bits 4`` (the QAT and QAT+SQUAT rows, one thread), so
+    each equals that command's row for the same seed and ``--state-range``.
+    """
+    import dataclasses
+
+    from lowbit.snn import evaluate, train
+    from lowbit.snn.ablation import finetune_variant, train_float
+
+    cfg = AblationConfig(seed=seed, bits=(4,), **TASKS[task])  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    t = train_float(cfg)
+    xtr, ytr, xte, yte = t.data
+    rows: dict[str, dict[str, object]] = {"float": {"acc": evaluate(t.fp, xte, yte)}}
+    log(f"seed {seed} float: {100 * rows['float']['acc']:.2f} %  ({time.perf_counter() - t0:.0f} s)")  # type: ignore[operator]
+    ft = copy.deepcopy(t.fp)
+    train(ft, xtr, ytr, epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=seed + 1)
+    rows["float fine-tuned"] = {"acc": evaluate(ft, xte, yte)}
+    rows["W4 (QAT)"] = finetune_variant(t, cfg, 4, None, True, cfg.qat_epochs)
+    fixed = dataclasses.replace(t, lower=0.0, upper=0.2)  # snnTorch's [-thr, 1.2 thr]
+    for kind in ("thr", "uniform"):
+        rows[f"W4 + S4 {kind}, calibrated"] = finetune_variant(t, cfg, 4, kind, True, cfg.qat_epochs)
+        rows[f"W4 + S4 {kind}, learned"] = finetune_variant(t, cfg, 4, kind, True, cfg.qat_epochs, learn=True)
+        rows[f"W4 + S4 {kind}, fixed [-thr, 1.2 thr]"] = finetune_variant(fixed, cfg, 4, kind, True, cfg.qat_epochs)
+        for k in (f"W4 + S4 {kind}, calibrated", f"W4 + S4 {kind}, learned", f"W4 + S4 {kind}, fixed [-thr, 1.2 thr]"):
+            r = rows[k]
+            log(f"seed {seed} {k}: {100 * r['acc']:.2f} %, clipped {100 * r['clipped']:.1f} %, range "  # type: ignore[operator]
+                f"[{r['range'][0]:.2f}, {r['range'][1]:.2f}]  ({time.perf_counter() - t0:.0f} s)")  # type: ignore[index]
+    return {"seed": seed, "task": task, "rows": rows, "wall_s": time.perf_counter() - t0}
+
+
+def state_range_table(results: list[dict[str, object]]) -> str:
+    """Accuracy per seed, the mean and the gap to float (mean), in percent; the clipped fraction of state rows."""
+    seeds = [r["seed"] for r in results]
+    names = list(results[0]["rows"])  # type: ignore[arg-type]
+    fl = sum(100 * r["rows"]["float"]["acc"] for r in results) / len(results)  # type: ignore[index]
+    lines = ["| network | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | vs float | clipped (mean) |",
+             "|---|" + "---|" * (len(seeds) + 3)]
+    for n in names:
+        v = [100 * r["rows"][n]["acc"] for r in results]  # type: ignore[index]
+        c = [r["rows"][n].get("clipped") for r in results]  # type: ignore[index, union-attr]
+        clip = f"{100 * sum(c) / len(c):.1f} %" if all(x is not None for x in c) else "-"
+        m = sum(v) / len(v)
+        lines.append(f"| {n} | " + " | ".join(f"{a:.2f}" for a in v) + f" | {m:.2f} | {m - fl:+.2f} | {clip} |")
+    return "\n".join(lines)
+
+
+def state_range_commands(task: str, seeds: list[int]) -> str:
+    """The ``lowbit snn`` commands whose rows these are (QAT: 'QAT weights only'; states: 'QAT+SQUAT')."""
+    s = " ".join(str(x) for x in seeds)
+    base = f"lowbit snn {TASK_FLAGS[task]}--bits 4 --seed S"
+    return (f"for S in {s}: {base}                          # float, W4 (QAT), W4 + S4 calibrated (QAT+SQUAT rows)\n"
+            f"for S in {s}: {base} --state-range learned    # W4 + S4 learned\n"
+            f"for S in {s}: {base} --state-range fixed      # W4 + S4 fixed [-thr, 1.2 thr]")
+
+
 def main() -> int:
     """Run the benchmark and print (and save) the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -147,11 +229,33 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--timing-only", action="store_true")
     ap.add_argument("--report-dir", default="reports/snn")
-    ap.add_argument("--only", choices=["profiles"], default=None, help="profiles: float / 8-bit QAT / Loihi 2 / Xylo only")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of --only profiles (default 0 1)")
+    ap.add_argument("--only", choices=["profiles", "harder"], default=None,
+                    help="profiles: float / 8-bit QAT / Loihi 2 / Xylo only; harder: W4 + 4-bit states with "
+                         "calibrated, learned and fixed state ranges on a harder Randman task")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of --only profiles/harder (default 0 1)")
+    ap.add_argument("--task", choices=sorted(TASKS), default="harder",
+                    help="task of --only harder: harder (16 classes, 40 units, 5-D manifold; default) or default "
+                         "(lowbit snn's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.only == "harder":
+        from lowbit.fileio import write_text
+
+        torch.set_num_threads(1)  # lowbit snn's default: float results depend on the thread count
+        res = [state_range_rows(s, args.task, log=lambda m: print(m, flush=True)) for s in args.seeds]
+        table = state_range_table(res)
+        cmds = state_range_commands(args.task, args.seeds)
+        print()
+        print(table)
+        print()
+        print(cmds)
+        out = Path(args.report_dir)
+        name = "state_ranges" if args.task == "harder" else f"state_ranges_{args.task}"
+        write_text(out / f"{name}.md", f"{table}\n\n```\n{cmds}\n```\n")
+        write_text(out / f"{name}.json", json.dumps(res, indent=1, default=float) + "\n")
+        print(f"report: {out / (name + '.md')}, {out / (name + '.json')}")
+        return 0
     if args.only == "profiles":
         from lowbit.fileio import write_text
 

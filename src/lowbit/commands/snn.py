@@ -26,8 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=2.0, help="Randman smoothness alpha (default 2)")
     parser.add_argument("--scope", choices=["population", "connection"], default="population",
                         help="one weight scale per population (default) or per connection")
-    parser.add_argument("--state-range", choices=["calibrated", "fixed"], default="calibrated",
-                        help="state level range from the float membrane distribution, or snnTorch's [-thr, 1.2 thr]")
+    parser.add_argument("--state-range", choices=["calibrated", "learned", "fixed"], default="calibrated",
+                        help="state level range from the float membrane distribution (calibrated), that range with "
+                             "its ends then trained by LSQ in the fine-tuned variants (learned), or snnTorch's "
+                             "[-thr, 1.2 thr] (fixed)")
+    parser.add_argument("--state-lr", type=float, default=1e-2,
+                        help="Adam learning rate of the learned state-range ends (default 0.01)")
     parser.add_argument("--state-pct", type=float, nargs=2, default=[2.0, 98.0], metavar=("LO", "HI"),
                         help="percentiles of the float membrane distribution that bound calibrated states (default 2 98)")
     parser.add_argument("--thr-multiplier", nargs="*", default=["4=0.7"], metavar="BITS=M",
@@ -45,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "eventprop: exact EventProp gradients, weights only (default bptt)")
     parser.add_argument("--readout", choices=["exp", "mean", "sum", "max", "last", "ttfs"], default="exp",
                         help="EventProp output readout (default exp: exponentially weighted mean; ttfs: first spike time)")
+    parser.add_argument("--profile", choices=["loihi2", "xylo"], default=None,
+                        help="instead of the ablation: float, 8-bit QAT and this chip's integer profile (PTQ, QAT), "
+                             "the integer simulator check, and the profiled network saved (BPTT only)")
 
 
 def requires(args: argparse.Namespace) -> tuple[str, ...]:
@@ -82,14 +89,22 @@ def run(args: argparse.Namespace) -> int:
     setup(args)
     out = Path(args.out)
     if args.trainer == "eventprop":
+        if args.profile:
+            raise ValueError("--profile runs the BPTT network; it cannot be combined with --trainer eventprop")
         if any(b < 2 for b in args.bits):
             raise ValueError(f"--bits must be >= 2, got {args.bits}")
         return _eventprop(args, out)
     cfg = AblationConfig(seed=args.seed, bits=tuple(args.bits), epochs=args.epochs, qat_epochs=args.qat_epochs,
                          hidden=args.hidden, nb_units=args.units, nb_steps=args.steps, nb_samples=args.samples,
                          nb_classes=args.classes, dim_manifold=args.dim, alpha=args.alpha, scope=args.scope,
-                         state_range=args.state_range, state_pct=tuple(args.state_pct), thr_multiplier=mult)
+                         state_range=args.state_range, state_pct=tuple(args.state_pct), thr_multiplier=mult,
+                         state_lr=args.state_lr)
     cfg.validate()  # bad settings fail before training
+    if args.profile:  # a chip profile's rows instead of the ablation (lowbit.snn.profile_task)
+        from ..snn.profile_task import run_profile_task
+
+        res = run_profile_task(cfg, args.profile, out, log=lambda s: print(s, flush=True))
+        return 0 if res["spikes_identical"] else 1  # the integer simulator must give the fake-quant spikes
     t0 = time.perf_counter()
     res = run_ablation(cfg, log=lambda s: print(s, flush=True), progress=False if args.progress == "none" else None)
     print()
@@ -97,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     sr = res["state_range"]
     print(f"\nstate range ({cfg.state_range}): [{-sr['threshold'] * (1 + sr['lower_limit']):.3f}, "
           f"{sr['threshold'] * (1 + sr['upper_limit']):.3f}] (threshold {sr['threshold']:g})")
+    for key, (lo, hi) in res.get("learned_ranges", {}).items():  # type: ignore[union-attr]
+        print(f"learned state range {key}: [{lo:.3f}, {hi:.3f}]")
     steps = res["step_s"]
     f = steps.get("float", 0.0)
     if f:

@@ -16,6 +16,11 @@ value) spreads them (levels -7.6, -4.9, -3.1, -1.8, -0.9, -0.2, 0.2, 0.5, ...). 
 QAT + SQUAT (thr), mean of seeds 0-2: multiplier 0.5 -> 92.2 %, 0.7 -> 94.9 %; with
 the range calibrated on the quantized-weight network instead: 0.5 -> 92.2 %,
 0.6 -> 94.0 %, 0.7 -> 94.5 %, 0.8 -> 94.0 %, 0.9 -> 86.2 %.
+
+``state_range="learned"``: the fine-tuned state variants start from the calibrated
+range and train its ends with LSQ's gradient (:class:`~lowbit.snn.state_lsq.LearnedStateQuantizer`,
+Adam at ``state_lr``), then evaluate with the learned levels frozen; PTQ rows (no
+training) keep the calibrated range.
 """
 from __future__ import annotations
 
@@ -32,11 +37,14 @@ import torch
 from ..data.spiking import randman_raster, split
 from .network import SNN
 from .quant import StateQuantizer, calibrate_state_range, state_quantizer
+from .state_lsq import LearnedStateQuantizer, freeze_states
 from .train import evaluate, record_membrane, train
 
-__all__ = ["AblationConfig", "run_ablation", "format_table", "plot_state_levels"]
+__all__ = ["AblationConfig", "run_ablation", "format_table", "plot_state_levels", "state_optimizer", "STATE_RANGES",
+           "Trained", "train_float", "finetune_variant"]
 
 STATE_KINDS = ("uniform", "thr")
+STATE_RANGES = ("calibrated", "learned", "fixed")
 
 
 @dataclass
@@ -63,6 +71,7 @@ class AblationConfig:
     scope: str = "population"
     state_range: str = "calibrated"
     state_pct: tuple[float, float] = (2.0, 98.0)
+    state_lr: float = 1e-2
     thr_multiplier: dict[int, float] = field(default_factory=lambda: {4: 0.7})
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -70,8 +79,10 @@ class AblationConfig:
         """Raise ValueError on a bad setting."""
         if not self.bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 < b <= 16 for b in self.bits):
             raise ValueError(f"bits must be ints in 2..16, got {self.bits!r}")
-        if self.state_range not in ("calibrated", "fixed"):
-            raise ValueError(f"state_range must be 'calibrated' or 'fixed', got {self.state_range!r}")
+        if self.state_range not in STATE_RANGES:
+            raise ValueError(f"state_range must be one of {STATE_RANGES}, got {self.state_range!r}")
+        if isinstance(self.state_lr, bool) or not isinstance(self.state_lr, (int, float)) or not self.state_lr > 0:
+            raise ValueError(f"state_lr must be a positive number, got {self.state_lr!r}")
         if "{bits}" not in self.weight_format:
             raise ValueError(f"weight_format must contain '{{bits}}', got {self.weight_format!r}")
         for b, m in self.thr_multiplier.items():
@@ -83,8 +94,19 @@ class AblationConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
 
 
-def _set_states(model: SNN, q: StateQuantizer | None) -> None:
+def _set_states(model: SNN, q: StateQuantizer | LearnedStateQuantizer | None) -> None:
     model.set_state_quant(q)
+
+
+def state_optimizer(model: torch.nn.Module, lr: float, state_lr: float) -> torch.optim.Optimizer:
+    """Adam over the model: weights at ``lr``, learned state-range ends (LSQ) at ``state_lr``."""
+    ends = {id(p) for mod in model.modules() if isinstance(mod, LearnedStateQuantizer) for p in mod.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in ends]
+    groups: list[dict[str, object]] = [{"params": rest, "lr": lr}]
+    if ends:
+        # the ends are state values (a few units): at the weights' rate they would barely move in a few epochs
+        groups.append({"params": [p for p in model.parameters() if id(p) in ends], "lr": state_lr})
+    return torch.optim.Adam(groups)  # type: ignore[arg-type]
 
 
 def _eval_clip(model: SNN, x: torch.Tensor, y: torch.Tensor, q: StateQuantizer | None) -> tuple[float, float | None]:
@@ -95,6 +117,68 @@ def _eval_clip(model: SNN, x: torch.Tensor, y: torch.Tensor, q: StateQuantizer |
     return acc, q.stop_tracking()
 
 
+@dataclass
+class Trained:
+    """The float network of an ablation with its data split and the calibrated state range."""
+
+    fp: SNN
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
+    lower: float
+    upper: float
+    threshold: float
+    mem: torch.Tensor
+    step_s: float
+
+
+def train_float(cfg: AblationConfig, progress: bool | None = False) -> Trained:
+    """The Randman task of ``cfg``, its float network trained, and the state range (calibrated or snnTorch's fixed)."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    x, y = randman_raster(cfg.nb_classes, cfg.nb_units, cfg.nb_steps, 1.0, cfg.dim_manifold, 1, cfg.nb_samples,
+                          cfg.alpha, True, cfg.seed)
+    xtr, ytr, xte, yte = split(x, y, 0.2, seed=cfg.seed)
+    fp = SNN(cfg.nb_units, cfg.hidden, cfg.nb_classes, recurrent=cfg.recurrent, beta=cfg.beta, seed=cfg.seed)
+    h = train(fp, xtr, ytr, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=progress)
+    thr = fp.hidden[0].threshold
+    mem = record_membrane(fp, xtr[:512])
+    if cfg.state_range in ("calibrated", "learned"):
+        lower, upper = calibrate_state_range(mem, thr, *cfg.state_pct)
+    else:
+        lower, upper = 0.0, 0.2  # snnTorch's defaults: [-thr, 1.2 thr]
+    return Trained(fp, (xtr, ytr, xte, yte), lower, upper, thr, mem, sum(h["step_s"]) / max(len(h["step_s"]), 1))
+
+
+def finetune_variant(t: Trained, cfg: AblationConfig, bits: int, kind: str | None, quant_w: bool, train_epochs: int,
+                     learn: bool = False, progress: bool | None = False) -> dict[str, object]:
+    """One variant from the float network: weights and/or states quantized, fine-tuned, evaluated.
+
+    ``learn``: the states start from the calibrated range and train its ends (LSQ); evaluated frozen.
+    Returns acc, clipped (None without states), the level range used and the mean step time.
+    """
+    xtr, ytr, xte, yte = t.data
+    m = copy.deepcopy(t.fp)
+    if quant_w:
+        m.quantize_weights(cfg.weight_format.format(bits=bits), cfg.scope)
+    mult = cfg.thr_multiplier.get(bits) if kind == "thr" else None
+    learn = learn and kind is not None and train_epochs > 0
+    q: StateQuantizer | LearnedStateQuantizer | None = None
+    if kind is not None:
+        q = (LearnedStateQuantizer(kind, bits, t.threshold, t.lower, t.upper, mult) if learn
+             else state_quantizer(kind, bits, t.threshold, t.lower, t.upper, mult))
+    _set_states(m, q)
+    step = None
+    if train_epochs:
+        hh = train(m, xtr, ytr, epochs=train_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=cfg.seed + 1,
+                   optimizer=state_optimizer(m, cfg.qat_lr, cfg.state_lr), progress=progress)
+        step = sum(hh["step_s"]) / len(hh["step_s"])
+    if learn:
+        freeze_states(m)  # evaluate with the learned levels fixed: exact rounding, clip counts
+        q = m.hidden[0].state_quant
+    acc, clipped = _eval_clip(m, xte, yte, q)  # type: ignore[arg-type]
+    rng = None if q is None else [q.lo, q.hi]
+    return {"acc": acc, "clipped": clipped, "range": rng, "step_s": step}
+
+
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool | None = False) -> dict[str, object]:
     """Train and evaluate every variant; returns the config, the rows, timings and the FP membrane sample.
 
@@ -102,45 +186,31 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print, progre
     """
     cfg.validate()
     t_start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    x, y = randman_raster(cfg.nb_classes, cfg.nb_units, cfg.nb_steps, 1.0, cfg.dim_manifold, 1, cfg.nb_samples,
-                          cfg.alpha, True, cfg.seed)
-    xtr, ytr, xte, yte = split(x, y, 0.2, seed=cfg.seed)
-    fp = SNN(cfg.nb_units, cfg.hidden, cfg.nb_classes, recurrent=cfg.recurrent, beta=cfg.beta, seed=cfg.seed)
-    h = train(fp, xtr, ytr, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=progress)
-    fp_step = sum(h["step_s"]) / max(len(h["step_s"]), 1)
-    fp_acc = evaluate(fp, xte, yte)
+    t = train_float(cfg, progress)
+    xtr, ytr, xte, yte = t.data
+    fp_acc = evaluate(t.fp, xte, yte)
     log(f"FP32: {100 * fp_acc:.2f} %  ({time.perf_counter() - t_start:.0f} s)")
-    thr = fp.hidden[0].threshold
-    mem = record_membrane(fp, xtr[:512])
-    if cfg.state_range == "calibrated":
-        lower, upper = calibrate_state_range(mem, thr, *cfg.state_pct)
-    else:
-        lower, upper = 0.0, 0.2  # snnTorch's defaults: [-thr, 1.2 thr]
     rows: list[dict[str, object]] = [{"method": "FP32", "bits": 32, "states": "-", "acc": fp_acc, "clipped": None}]
-    step_times: dict[str, float] = {"float": fp_step}
+    step_times: dict[str, float] = {"float": t.step_s}
+    learned_ranges: dict[str, list[float]] = {}
     if cfg.qat_epochs:
         # the float network fine-tuned as long as every QAT variant: the fair baseline for "within N points"
-        ft = copy.deepcopy(fp)
+        ft = copy.deepcopy(t.fp)
         train(ft, xtr, ytr, epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=cfg.seed + 1)
         rows.append({"method": "FP32 fine-tuned", "bits": 32, "states": "-", "acc": evaluate(ft, xte, yte), "clipped": None})
         log(f"FP32 fine-tuned {cfg.qat_epochs} more epochs: {100 * rows[-1]['acc']:.2f} %")  # type: ignore[operator]
 
     def variant(method: str, bits: int, kind: str | None, quant_w: bool, train_epochs: int) -> None:
-        m = copy.deepcopy(fp)
-        if quant_w:
-            m.quantize_weights(cfg.weight_format.format(bits=bits), cfg.scope)
-        mult = cfg.thr_multiplier.get(bits) if kind == "thr" else None
-        q = state_quantizer(kind, bits, thr, lower, upper, mult) if kind is not None else None
-        _set_states(m, q)
-        if train_epochs:
-            hh = train(m, xtr, ytr, epochs=train_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, seed=cfg.seed + 1,
-                       progress=progress)
-            step_times.setdefault(f"{method}@{bits}", sum(hh["step_s"]) / len(hh["step_s"]))
-        acc, clipped = _eval_clip(m, xte, yte, q)
+        learn = cfg.state_range == "learned"
+        r = finetune_variant(t, cfg, bits, kind, quant_w, train_epochs, learn, progress)
+        if r["step_s"] is not None:
+            step_times.setdefault(f"{method}@{bits}", r["step_s"])  # type: ignore[arg-type]
+        if learn and kind is not None and train_epochs:
+            learned_ranges[f"{method}@{bits}:{kind}"] = r["range"]  # type: ignore[assignment]
+        acc, clipped = r["acc"], r["clipped"]
         rows.append({"method": method, "bits": bits, "states": kind or "-", "acc": acc, "clipped": clipped})
-        clip_s = f", clipped {100 * clipped:.2f} %" if clipped is not None else ""
-        log(f"{method:>14} {bits} bit {kind or '':>7}: {100 * acc:.2f} %{clip_s}  ({time.perf_counter() - t_start:.0f} s)")
+        clip_s = f", clipped {100 * clipped:.2f} %" if clipped is not None else ""  # type: ignore[operator]
+        log(f"{method:>14} {bits} bit {kind or '':>7}: {100 * acc:.2f} %{clip_s}  ({time.perf_counter() - t_start:.0f} s)")  # type: ignore[operator]
 
     for b in cfg.bits:
         variant("PTQ", b, None, True, 0)
@@ -155,10 +225,11 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print, progre
     return {
         "config": asdict(cfg),
         "rows": rows,
-        "state_range": {"lower_limit": lower, "upper_limit": upper, "threshold": thr},
+        "state_range": {"lower_limit": t.lower, "upper_limit": t.upper, "threshold": t.threshold},
+        "learned_ranges": learned_ranges,
         "step_s": step_times,
         "wall_s": wall,
-        "mem_sample": mem,
+        "mem_sample": t.mem,
     }
 
 
