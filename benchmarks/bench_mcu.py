@@ -141,8 +141,9 @@ def _functions(nm: str, elf: Path) -> dict[str, tuple[int, int]]:
     return funcs
 
 
-def _count_call(isa: str, src: str, d: Path, n: int) -> int:
-    """Instructions executed from the kernel's entry until it returns (helpers it calls, __mulsi3 or memset, included)."""
+def _count_call(isa: str, src: str, d: Path, n: int) -> tuple[int, set[str]]:
+    """Instructions executed from the kernel's entry until it returns (helpers it calls, __mulsi3 or memset, included),
+    and the names of the helpers that ran."""
     cc, flags, qemu = EMU_ISAS[isa]
     c, elf, log = d / f"b{n}.c", d / f"b{n}.elf", d / f"b{n}.log"
     c.write_text(src.replace("%(N)d", str(n)))
@@ -153,7 +154,8 @@ def _count_call(isa: str, src: str, d: Path, n: int) -> int:
                     "-Wl,--defsym=__ram_size=0x400000", "-o", str(elf), str(c)], check=True)
     funcs = _functions(cc.replace("gcc", "nm"), elf)
     kstart, ksize = funcs["k"]
-    inside = [(a, a + sz) for name, (a, sz) in funcs.items() if name in ("k", "memset") or name.startswith("__")]
+    inside = [(a, a + sz, name) for name, (a, sz) in funcs.items() if name in ("k", "memset") or name.startswith("__")]
+    helpers: set[str] = set()
     # one instruction a translation block (-singlestep), every block logged (nochain): the exact executed stream
     subprocess.run([*qemu, "-nographic", "-semihosting-config", "enable=on,target=native", "-singlestep", "-d", "exec,nochain",
                     "-D", str(log), "-kernel", str(elf)], check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
@@ -167,18 +169,20 @@ def _count_call(isa: str, src: str, d: Path, n: int) -> int:
             if not started:
                 started = pc == kstart
             if started:
-                if any(lo <= pc < hi for lo, hi in inside):
-                    count += 1
-                else:
+                hit = next((name for lo, hi, name in inside if lo <= pc < hi), None)
+                if hit is None:
                     break
+                count += 1
+                if hit != "k":
+                    helpers.add(hit)
     log.unlink()
     if not started:
         raise RuntimeError(f"{isa}: the kernel never ran")
-    return count
+    return count, helpers
 
 
-def emulated_instructions_per_weight(isa: str) -> list[tuple[str, str, float]]:
-    """(label, weight type, executed instructions per weight) of each kernel on ``isa`` in QEMU, exact counts."""
+def emulated_instructions_per_weight(isa: str) -> list[tuple[str, str, float, set[str]]]:
+    """(label, weight type, executed instructions per weight, helpers called) of each kernel on ``isa`` in QEMU, exact counts."""
     rows = []
     macros = _macros()
     with tempfile.TemporaryDirectory() as d:
@@ -188,8 +192,8 @@ def emulated_instructions_per_weight(isa: str) -> list[tuple[str, str, float]]:
             for key, val in (("MACROS", macros), ("KERNEL", inst), ("AMAX", str(amax)), ("WMASK", wmask)):
                 src = src.replace(f"%({key})s", val).replace(f"%({key})d", val)
             src = src.replace("%%", "%")
-            full, empty = _count_call(isa, src, Path(d), EMU_N), _count_call(isa, src, Path(d), 0)
-            rows.append((label, wtype, (full - empty) / EMU_N))
+            (full, helpers), (empty, _) = _count_call(isa, src, Path(d), EMU_N), _count_call(isa, src, Path(d), 0)
+            rows.append((label, wtype, (full - empty) / EMU_N, helpers - {"memset"}))
     return rows
 
 
@@ -264,10 +268,9 @@ def mlperf_table(models: list[str], tgt: str, check: int, seed: int = 0) -> str:
     import copy
 
     import numpy as np
-    import torch
 
     import lowbit
-    import lowbit.models.zoo as zoo
+    from _mcu_common import warm_zoo  # benchmarks/ is on sys.path when a script runs
     from lowbit.targets.mcu import export_program, lower, reference
     from lowbit.targets.mcu.cross import build_target, linked_size, missing_tools, model_size, run_target
 
@@ -280,15 +283,7 @@ def mlperf_table(models: list[str], tgt: str, check: int, seed: int = 0) -> str:
     ]
     for name in models:
         factory, shape, outputs, signed, configs = MLPERF[name]
-        torch.manual_seed(seed)
-        model = getattr(zoo, factory)(shape, outputs)
-        gen = torch.Generator().manual_seed(seed + 1)
-        x = torch.randn((max(check, 64), *shape), generator=gen) if signed else torch.rand((max(check, 64), *shape), generator=gen)
-        model.train()
-        with torch.no_grad():  # BatchNorm statistics as a trained model has them
-            for _ in range(3):
-                model(x)
-        model.eval()
+        model, x = warm_zoo(factory, shape, outputs, signed, max(check, 64), seed)
         params = sum(p.numel() for p in model.parameters())
         for wtype, config in configs.items():
             q = lowbit.quantize(copy.deepcopy(model), config, calib=[(x, None)])
@@ -356,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| kernel | storage | {head} |")
         print("|---|---|" + "---|" * len(EMU_ISAS))
         for i, (label, wtype, _) in enumerate(KERNELS):
-            print(f"| {label} | {wtype} | " + " | ".join(f"{tables[isa][i][2]:.2f}" for isa in EMU_ISAS) + " |")
-        print("\n(aims: <= 6 for 4-bit on rv32imc, <= 12 on rv32ec, <= 5 for binary/ternary)")
+            cells = [f"{tables[isa][i][2]:.2f}" + (f" ({', '.join(sorted(tables[isa][i][3]))})" if tables[isa][i][3] else "")
+                     for isa in EMU_ISAS]
+            print(f"| {label} | {wtype} | " + " | ".join(cells) + " |")
+        print("\n(aims: <= 6 for 4-bit on rv32imc, <= 12 on rv32ec, <= 5 for binary/ternary. Binary branches on each bit: "
+              "its count depends on the data, here random bits (half set). A helper named in a cell (__mulsi3) ran inside the loop.)")
     if args.accuracy:
         print()
         print(accuracy_table())
