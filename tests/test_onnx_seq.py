@@ -273,3 +273,16 @@ def test_zoo_sequence_models_export_and_verify(name, mode, tmp_path):
             ref = q(b).numpy()
         got = _run_all(onnx.load(str(path)), b)[0]
         assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_vit_mean_pooling_float_and_quantized(opset, tmp_path):
+    # mean over tokens: ReduceMean with axes as an attribute (opset 17) or an input (18 on)
+    model = build_model("vit", (3, 16, 16), 10, seed=0, dim=32, depth=1, heads=4, pool="mean").eval()
+    x = zoo_input("vit", 2, seed=3)
+    proto = to_onnx(model, x, opset=opset)
+    rep = verify_onnx(model, proto, x)  # the float model: its fused fast path against the unfused graph
+    assert rep.bound == "output range" and rep.worst <= 1.0 and onnx_ops(proto)["ReduceMean"] == 1
+    q = _quantize(model, "w4,a8", [zoo_input("vit", 8, seed=s) for s in range(2)])
+    export_onnx(q, tmp_path / "m.onnx", x, opset=opset)
+    assert verify_onnx(q, onnx.load(str(tmp_path / "m.onnx")), x, seed=2).bound == "last activation step"

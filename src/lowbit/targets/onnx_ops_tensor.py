@@ -3,7 +3,7 @@
 ``x.shape`` / ``x.size()`` and their items (the batch size stays dynamic: it is read
 with ``Shape`` at run time; other sizes are the traced ones), ``expand``,
 ``transpose`` / ``permute``, indexing (ints, slices, ``None``, ``...``; an item of
-a layer's tuple output), ``mean``, ``F.gelu`` and ``F.softmax`` / ``F.layer_norm``.
+a layer's tuple output), ``mean``, ``F.gelu`` and ``F.softmax``.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ whichever input happens to hold one. The check is therefore:
      moved, and float BatchNorm, which scales by at most ``gain = max|gamma|/sqrt(var+eps)``):
      ``u = s_out * gain``, the output's quantization step;
    - output of a quantized layer ``y = W a_q + b`` whose input is quantized with step
-     ``s_a``: ``u = s_a * max|W| * gain``, the most that one element of ``a_q`` moving one
+     ``s_a`` (by its own input quantizer, or by an activation quantizer feeding it directly): ``u = s_a * max|W| * gain``, the most that one element of ``a_q`` moving one
      step can change any output (for a convolution too: one input element meets each
      output through one weight). So a run in which ``M`` elements of ``a_q`` moved one
      step differs from the PyTorch model by at most ``(M + slack) * u`` per output;
@@ -102,9 +102,15 @@ def output_unit(gm: torch.fx.GraphModule, node: Any) -> dict[str, Any] | None:
             if isinstance(m, (ActQuant, PACT)):
                 return {"kind": "act", "name": str(node.target), "gain": gain}
             if isinstance(m, QuantLayer):
-                if getattr(m, "input_quant", None) is None:
-                    return None
-                return {"kind": "layer", "name": str(node.target), "gain": gain}
+                if getattr(m, "input_quant", None) is not None:
+                    return {"kind": "layer", "name": str(node.target), "gain": gain}
+                # no input quantizer of its own, but fed straight by one (the graph path's quantizer on a
+                # `mean` or residual edge): that quantizer's step bounds the layer's output the same way
+                src = node.args[0] if node.args else None
+                if isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(
+                        gm.get_submodule(str(src.target)), (ActQuant, PACT)):
+                    return {"kind": "layer", "name": str(node.target), "gain": gain, "act": str(src.target)}
+                return None
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 if m.running_var is None:
                     return None
@@ -187,7 +193,7 @@ def verify_onnx(
     unit = recorded.get("output")
     last = None  # the activation whose moves bound the output
     if unit is not None:
-        last = unit["name"] if unit["kind"] == "act" else f"{unit['name']}.input_quant"
+        last = unit["name"] if unit["kind"] == "act" else unit.get("act") or f"{unit['name']}.input_quant"
         if last not in taps:
             unit, last = None, None
     u = 0.0
