@@ -216,3 +216,99 @@ def test_bad_input():
         simulate(prog, np.full((1, 3, 4), 0.5))
     with pytest.raises(ValueError, match="x must have shape"):
         simulate(prog, np.zeros((1, 3, 5)))
+
+
+# ------------------------------------------------------------------ saved files keep the profile
+
+
+@pytest.mark.parametrize("profile", ["loihi2", "xylo", "loihi2-subtract"])
+def test_save_load_keeps_the_profile(randman_task, tmp_path, profile):
+    import dataclasses
+
+    import lowbit
+
+    xtr, ytr, xte, _ = randman_task
+    p = (dataclasses.replace(LOIHI, name="loihi2-subtract", reset="subtract") if profile == "loihi2-subtract"
+         else PROFILES[profile])
+    net = SNN(20, 32, 4, seed=0)
+    train(net, xtr, ytr, epochs=1, batch_size=40, lr=1e-2, seed=0)
+    apply_profile(net, p)
+    train(net, xtr, ytr, epochs=1, batch_size=40, lr=1e-3, seed=1)
+    lowbit.save(net, tmp_path / "net.lowbit")
+    back = lowbit.load(tmp_path / "net.lowbit", model=SNN(20, 32, 4, seed=5))
+    assert back.profile.profile == p  # every field, a custom profile too
+    with torch.no_grad():
+        a, b = net.run(xte, record=True), back.run(xte, record=True)
+    for sa, sb in zip(a["spikes"], b["spikes"]):
+        assert torch.equal(sa, sb)
+    assert torch.equal(a["logits"], b["logits"])
+    s = simulate(compile_int(back), xte)  # the loaded network compiles to the same integer program's spikes
+    assert all(np.array_equal(x.numpy().astype(np.int64), y) for x, y in zip(a["spikes"], s["spikes"]))
+
+
+def test_load_without_a_profile_removes_the_templates(randman_task, tmp_path):
+    import lowbit
+
+    _, _, xte, _ = randman_task
+    net = SNN(20, 32, 4, seed=0)
+    lowbit.save(net, tmp_path / "float.lowbit")
+    back = lowbit.load(tmp_path / "float.lowbit", model=apply_profile(SNN(20, 32, 4, seed=5), "xylo"))
+    assert back.profile is None  # the file, not the template, says how the network runs
+    assert torch.equal(back(xte), net(xte))
+
+
+def test_profile_exported_from_lowbit_snn():
+    import lowbit.snn
+
+    assert lowbit.snn.apply_profile is apply_profile and lowbit.snn.remove_profile is remove_profile
+
+
+# ------------------------------------------------------------------ the profile's QAT recipe and lowbit snn --profile
+
+
+def test_profile_qat_adapts_the_reset_then_trains_in_the_chip_arithmetic(randman_task):
+    xtr, ytr, _, _ = randman_task
+    fp = SNN(20, 32, 4, seed=0)
+    train(fp, xtr, ytr, epochs=1, batch_size=40, lr=1e-2, seed=0)
+    from lowbit.snn.profiles import profile_qat
+
+    net = profile_qat(copy.deepcopy(fp), "loihi2", xtr, ytr, epochs=1, adapt_epochs=1, batch_size=40, seed=3)
+    ref = copy.deepcopy(fp)  # the recipe spelled out: float with the chip's reset (seed), then integer QAT (seed + 1)
+    ref.hidden[0].reset = "zero"
+    train(ref, xtr, ytr, epochs=1, batch_size=40, lr=2e-3, seed=3)
+    apply_profile(ref, "loihi2")
+    train(ref, xtr, ytr, epochs=1, batch_size=40, lr=1e-3, seed=4)
+    assert net.hidden[0].reset == "zero" and net.profile.profile == LOIHI
+    for k, v in ref.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+    # Xylo resets by subtraction, as the float network: no adaptation, straight to integer QAT
+    xy = profile_qat(copy.deepcopy(fp), "xylo", xtr, ytr, epochs=1, adapt_epochs=1, batch_size=40, seed=3)
+    ref = apply_profile(copy.deepcopy(fp), "xylo")
+    train(ref, xtr, ytr, epochs=1, batch_size=40, lr=1e-3, seed=4)
+    assert xy.hidden[0].reset == "subtract"
+    for k, v in ref.state_dict().items():
+        assert torch.equal(xy.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="adapt_epochs"):
+        profile_qat(copy.deepcopy(fp), "xylo", xtr, ytr, adapt_epochs=-1)
+    with pytest.raises(ValueError, match="profile must be one of"):
+        profile_qat(copy.deepcopy(fp), "spinnaker", xtr, ytr)
+
+
+def test_lowbit_snn_profile_command(tmp_path, capsys):
+    import json
+
+    import lowbit
+    from lowbit.cli import main
+
+    argv = ["snn", "--profile", "loihi2", "--classes", "3", "--units", "12", "--steps", "10", "--samples", "30",
+            "--hidden", "16", "--epochs", "2", "--qat-epochs", "1", "--out", str(tmp_path), "--no-plots",
+            "--progress", "none"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| loihi2 QAT |" in printed and "== fake-quant spikes (test set, every neuron and step) | yes |" in printed
+    res = json.loads((tmp_path / "profile_loihi2.json").read_text())
+    assert res["spikes_identical"] is True and res["acc"]["integer simulator"] == res["acc"]["loihi2 QAT"]
+    back = lowbit.load(tmp_path / "snn_loihi2.lowbit", model=SNN(12, 16, 3))
+    assert back.profile.profile == LOIHI  # the profile runs the chip's reset, whatever the template's neurons say
+    assert main(["snn", "--profile", "xylo", "--trainer", "eventprop", "--out", str(tmp_path)]) == 2
+    assert "--profile" in capsys.readouterr().err

@@ -12,6 +12,7 @@
 
 NIR export is a target: :func:`lowbit.targets.nir.export_nir`. :mod:`~lowbit.snn.conv` -- ``ConvSNN``
 (Conv1d/Conv2d + LIF, pooling); :mod:`~lowbit.snn.nir_import` -- ``from_nir`` (a NIR graph into an ``SNN``).
+:mod:`~lowbit.snn.profiles` -- ``apply_profile`` / ``remove_profile`` (Loihi 2, Xylo integer arithmetic; kept by ``lowbit.save``).
 """
 from .base import SpikingNetwork
 from .conv import ConvSNN
@@ -20,6 +21,7 @@ from .eventprop import EventPropSNN
 from .eventprop_train import train_eventprop
 from .network import SNN
 from .neurons import LI, LIF, RLIF, LIFState
+from .profiles import apply_profile, remove_profile
 from .quant import (
     StateQuantizer,
     WeightQuant,
@@ -42,6 +44,7 @@ __all__ = [
     "SpikingNetwork",
     "StateQuantizer",
     "WeightQuant",
+    "apply_profile",
     "atan",
     "calibrate_state_range",
     "evaluate",
@@ -51,6 +54,7 @@ __all__ = [
     "predict",
     "rate_encode",
     "record_membrane",
+    "remove_profile",
     "save_checkpoint",
     "state_levels",
     "state_quantizer",

@@ -39,14 +39,21 @@ Decays (sources: issue 18's figures, checked against a public copy where one was
 :func:`apply_profile` turns off the network's own weight and state quantizers: the profile
 quantizes both.
 
-Measured (``benchmarks/bench_snn.py --only profiles``): Loihi 2's cost on the ``lowbit snn`` task is its
-reset to zero, not its integers: the same arithmetic with a subtractive reset
+QAT recipe (:func:`profile_qat`, what ``lowbit snn --profile`` and the benchmark run): when the float
+network resets otherwise than the chip (the default subtractive reset, for Loihi 2's standard CUBA LIF,
+which resets to zero), its neurons are switched to the chip's reset and fine-tuned in float first, then the
+profile is applied and the network trained in the integer arithmetic. Measured
+(``benchmarks/bench_snn.py --only profiles``): Loihi 2's cost on the ``lowbit snn`` task is its reset to
+zero, not its integers: the same arithmetic with a subtractive reset
 (``dataclasses.replace(PROFILES["loihi2"], reset="subtract")``, a custom neuron model on Loihi 2) matches
-8-bit QAT, and a float network trained with ``reset="zero"`` from the start fine-tunes better than one
-trained with subtraction.
+8-bit QAT with integer QAT alone, while the standard neuron needs the reset adaptation to come within 1 pt.
+
+``lowbit.save`` writes the profile (every field of its :class:`ChipProfile`) in the network's record and
+``lowbit.load`` applies it again, so a loaded network gives the same spikes.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +64,7 @@ from torch import Tensor
 from .neurons import RLIF, linear_seq
 
 __all__ = ["ChipProfile", "PROFILES", "Profiled", "apply_profile", "remove_profile", "chip_weights",
-           "decay_code", "decay_int"]
+           "decay_code", "decay_int", "profile_qat", "profile_record", "restore_profile"]
 
 
 @dataclass(frozen=True)
@@ -275,6 +282,57 @@ def apply_profile(net: Any, profile: str | ChipProfile | None) -> Any:
     return net
 
 
+def profile_qat(net: Any, profile: str | ChipProfile, x: Tensor, y: Tensor, *, epochs: int = 4, lr: float = 1e-3,
+                adapt_epochs: int = 4, adapt_lr: float = 2e-3, batch_size: int = 128, seed: int = 0) -> Any:
+    """The profile's QAT recipe, in place: adapt a float network to the chip's reset first (if it differs), then integer QAT.
+
+    When the hidden neurons reset otherwise than the chip (a network trained with the default subtractive reset,
+    for Loihi 2's reset to zero), they are switched to the chip's reset and fine-tuned in float for
+    ``adapt_epochs`` at ``adapt_lr`` (shuffling seed ``seed``); then the profile is applied and the network trained
+    ``epochs`` at ``lr`` in the chip's arithmetic (seed ``seed + 1``). A network that already resets like the chip
+    (Xylo; a network trained with ``reset="zero"``) goes straight to integer QAT.
+    """
+    from .network import SNN
+    from .train import train
+
+    if not isinstance(net, SNN):
+        raise TypeError(f"net must be a lowbit.snn.SNN, got {type(net).__name__}")
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)} or a ChipProfile, got {profile!r}")
+        profile = PROFILES[profile]
+    if isinstance(adapt_epochs, bool) or not isinstance(adapt_epochs, int) or adapt_epochs < 0:
+        raise ValueError(f"adapt_epochs must be a non-negative int, got {adapt_epochs!r}")
+    apply_profile(net, None)  # the adaptation is float: no weight or state quantizer either
+    net.quantize_weights(None)
+    net.set_state_quant(None)
+    if adapt_epochs and any(n.reset != profile.reset for n in net.hidden):
+        for n in net.hidden:
+            n.reset = profile.reset
+        train(net, x, y, epochs=adapt_epochs, batch_size=batch_size, lr=adapt_lr, seed=seed)
+    apply_profile(net, profile)
+    train(net, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + 1)
+    return net
+
+
 def remove_profile(net: Any) -> Any:
     """Back to the network's float (or fake-quantized) forward pass."""
     return apply_profile(net, None)
+
+
+def profile_record(net: Any) -> dict[str, object] | None:
+    """The network's chip profile as a JSON-able record for ``lowbit.save`` (every field, so a custom profile survives), or None."""
+    prof = getattr(net, "profile", None)
+    return dataclasses.asdict(prof.profile) if isinstance(prof, Profiled) else None
+
+
+def restore_profile(net: Any, record: object) -> Any:
+    """Re-apply a profile read by ``lowbit.load`` (None: the network runs without one)."""
+    if record is None:
+        if getattr(net, "profile", None) is not None:
+            net.profile = None
+        return net
+    fields = {f.name for f in dataclasses.fields(ChipProfile)}
+    if not isinstance(record, dict) or set(record) != fields:
+        raise ValueError(f"the saved chip profile must have the fields {sorted(fields)}, got {record!r}")
+    return apply_profile(net, ChipProfile(**record))

@@ -46,6 +46,7 @@ from ..model_handlers import register_model_handler
 from ..qtensor import QTensor, load_qtensors, save_qtensors
 from ..quantizers.state import StateQuantizer
 from .base import SpikingNetwork
+from .profiles import profile_record, restore_profile
 from .quant import WeightQuant
 
 __all__ = ["SpikingVerbs", "weight_groups", "save_checkpoint", "load_checkpoint"]
@@ -172,6 +173,8 @@ class SpikingVerbs:
             if info.stage == "float":  # quantized with quantize_weights, outside the verbs: trained as QAT
                 info = _info_from(wq, "qat")
         record["state_quant"] = _state_quantizers(model, tensors)
+        if profile_record(model) is not None:  # a chip profile (lowbit.snn.profiles) is re-applied on load
+            record["profile"] = profile_record(model)
         meta = info.to_metadata()
         meta[_RECORD] = json.dumps(record, sort_keys=True)
         for k, v in (metadata or {}).items():
@@ -209,6 +212,7 @@ class SpikingVerbs:
         if record.get("converted"):
             assert model.weight_quant is not None
             model.weight_quant.set_qweights(qcodes, model.connections())
+        restore_profile(model, record.get("profile"))
         set_info(model, saved)
         model.train(saved.stage == "qat")
         return model
