@@ -49,7 +49,7 @@ def run_profile_task(cfg: AblationConfig, profile: str, out: str | Path | None =
     log(f"QAT 8-bit: {100 * acc['QAT 8-bit']:.2f} %  ({time.perf_counter() - t0:.0f} s)")
     net = apply_profile(copy.deepcopy(fp), profile)
     acc[f"{profile} PTQ"] = evaluate(net, xte, yte)
-    profile_qat(net, profile, xtr, ytr, epochs=cfg.qat_epochs, lr=cfg.qat_lr, adapt_epochs=cfg.qat_epochs,
+    profile_qat(net, profile, xtr, ytr, epochs=cfg.qat_epochs, lr=cfg.qat_lr, adapt_epochs=2 * cfg.qat_epochs,
                 adapt_lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + 1)
     acc[f"{profile} QAT"] = evaluate(net, xte, yte)
     log(f"{profile}: PTQ {100 * acc[f'{profile} PTQ']:.2f} %, QAT {100 * acc[f'{profile} QAT']:.2f} %  "

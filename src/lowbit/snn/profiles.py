@@ -283,14 +283,15 @@ def apply_profile(net: Any, profile: str | ChipProfile | None) -> Any:
 
 
 def profile_qat(net: Any, profile: str | ChipProfile, x: Tensor, y: Tensor, *, epochs: int = 4, lr: float = 1e-3,
-                adapt_epochs: int = 4, adapt_lr: float = 2e-3, batch_size: int = 128, seed: int = 0) -> Any:
+                adapt_epochs: int = 8, adapt_lr: float = 2e-3, batch_size: int = 128, seed: int = 0) -> Any:
     """The profile's QAT recipe, in place: adapt a float network to the chip's reset first (if it differs), then integer QAT.
 
     When the hidden neurons reset otherwise than the chip (a network trained with the default subtractive reset,
     for Loihi 2's reset to zero), they are switched to the chip's reset and fine-tuned in float for
     ``adapt_epochs`` at ``adapt_lr`` (shuffling seed ``seed``); then the profile is applied and the network trained
     ``epochs`` at ``lr`` in the chip's arithmetic (seed ``seed + 1``). A network that already resets like the chip
-    (Xylo; a network trained with ``reset="zero"``) goes straight to integer QAT.
+    (Xylo; a network trained with ``reset="zero"``) goes straight to integer QAT. The defaults are the
+    ``lowbit snn`` task's: the adaptation runs twice the QAT epochs at the float training's lr.
     """
     from .network import SNN
     from .train import train
