@@ -515,9 +515,9 @@ def _trace(model: nn.Module, example: Tensor) -> tuple[torch.fx.GraphModule, dic
     return gm, shapes
 
 
-def _arg_name(ctx: _Ctx, env: dict[str, str], a: Any, base: str) -> str:
+def _arg_name(ctx: _Ctx, env: dict[str, Any], a: Any, base: str) -> str:
     if isinstance(a, torch.fx.Node):
-        if a.name not in env:
+        if not isinstance(env.get(a.name), str):
             raise ValueError(f"node {base!r}: its input {a.name!r} is not a tensor the exporter produced")
         return env[a.name]
     if isinstance(a, (int, float)) and not isinstance(a, bool):
@@ -525,7 +525,7 @@ def _arg_name(ctx: _Ctx, env: dict[str, str], a: Any, base: str) -> str:
     raise ValueError(f"node {base!r}: argument {a!r} has no ONNX form")
 
 
-def _convert_node(ctx: _Ctx, gm: torch.fx.GraphModule, node: torch.fx.Node, env: dict[str, str]) -> str:
+def _convert_node(ctx: _Ctx, gm: torch.fx.GraphModule, node: torch.fx.Node, env: dict[str, Any]) -> Any:
     g = ctx.g
     base = node.name
     in_shape = ctx.shapes.get(node.args[0].name) if node.args and isinstance(node.args[0], torch.fx.Node) else None
@@ -619,7 +619,7 @@ def to_onnx(
     gm, shapes = _trace(model, example)
     g = _Graph(onnx)
     ctx = _Ctx(g, weight_format, shapes, opset=opset, dynamic_batch=dynamic_batch)
-    env: dict[str, str] = {}
+    env: dict[str, Any] = {}  # fx node -> ONNX tensor name (a tuple for a layer's tuple output, Shape/Dim for sizes)
     inputs, outputs = [], []
     unit = None
     dims: list[Any] = list(example.shape)

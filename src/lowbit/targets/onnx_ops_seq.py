@@ -46,6 +46,8 @@ SEQ_LEAVES: tuple[type, ...] = (
 )
 # PyTorch gate blocks in ONNX's order: LSTM i,o,f,c from i,f,g,o; GRU z,r,h from r,z,n
 _GATE_ORDER = {4: (0, 3, 1, 2), 3: (1, 0, 2)}
+# onnx_export._linear reads only the rank of the input shape: 2 -> Gemm, 3 -> MatMul with the weight transposed
+_RANK2, _RANK3 = (0, 0), (0, 0, 0)
 
 
 def _refuse(base: str, m: nn.Module, what: str) -> ValueError:
@@ -162,7 +164,7 @@ def _attention(ctx: Any, m: nn.Module, q_in: str, k_in: str, v_in: str, base: st
     heads = g.const(f"{base}.heads_shape", [0, 0, h, hd], np.int64)
 
     def proj(lin: nn.Module, x: str, name: str, perm: list[int]) -> str:
-        y = _ox._linear(ctx, lin, x, f"{base}.{name}", (0, 0, 0))  # 3-D: MatMul
+        y = _ox._linear(ctx, lin, x, f"{base}.{name}", _RANK3)
         return g.op("Transpose", [g.op("Reshape", [y, heads], base)], base, perm=perm)
 
     q = proj(m.q_proj, q_in, "q_proj", [1, 2, 0, 3])  # [B, h, T, hd]
@@ -172,7 +174,7 @@ def _attention(ctx: Any, m: nn.Module, q_in: str, k_in: str, v_in: str, base: st
     w = g.op("Softmax", [g.op("MatMul", [q, k], base)], base, axis=-1)
     o = g.op("Transpose", [g.op("MatMul", [w, v], base)], base, perm=[2, 0, 1, 3])  # [T, B, h, hd]
     o = g.op("Reshape", [o, g.const(f"{base}.rows", [-1, e], np.int64)], base)  # PyTorch's out_proj input: [T * B, E]
-    o = _ox._linear(ctx, m.out_proj, o, f"{base}.out_proj", (0, 0))
+    o = _ox._linear(ctx, m.out_proj, o, f"{base}.out_proj", _RANK2)
     o = g.op("Reshape", [o, g.const(f"{base}.out_shape", [seq_first_len, -1, e], np.int64)], base)
     wts = None
     if weights:
@@ -227,8 +229,8 @@ def _encoder_layer(ctx: Any, layer: nn.TransformerEncoderLayer, x: str, base: st
         return _seq_first(ctx, o, bf, base)
 
     def ff(y: str) -> str:
-        y = _act(ctx, layer, _ox._linear(ctx, layer.linear1, y, f"{base}.linear1", (0, 0, 0)), f"{base}.activation")
-        return _ox._linear(ctx, layer.linear2, y, f"{base}.linear2", (0, 0, 0))
+        y = _act(ctx, layer, _ox._linear(ctx, layer.linear1, y, f"{base}.linear1", _RANK3), f"{base}.activation")
+        return _ox._linear(ctx, layer.linear2, y, f"{base}.linear2", _RANK3)
 
     n1 = lambda y: layer_norm(ctx, layer.norm1, y, f"{base}.norm1")  # noqa: E731
     n2 = lambda y: layer_norm(ctx, layer.norm2, y, f"{base}.norm2")  # noqa: E731
