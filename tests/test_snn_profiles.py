@@ -312,3 +312,13 @@ def test_lowbit_snn_profile_command(tmp_path, capsys):
     assert back.profile.profile == LOIHI  # the profile runs the chip's reset, whatever the template's neurons say
     assert main(["snn", "--profile", "xylo", "--trainer", "eventprop", "--out", str(tmp_path)]) == 2
     assert "--profile" in capsys.readouterr().err
+
+
+def test_a_bad_saved_profile_is_refused():
+    from lowbit.snn.profiles import profile_record, restore_profile
+
+    rec = profile_record(apply_profile(SNN(4, 4, 2), "xylo"))
+    assert rec["name"] == "xylo" and rec["state_bits"] == 16 and rec["reset"] == "subtract"
+    assert profile_record(SNN(4, 4, 2)) is None
+    with pytest.raises(ValueError, match="saved chip profile must have the fields"):
+        restore_profile(SNN(4, 4, 2), {"name": "xylo"})
