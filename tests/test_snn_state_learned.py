@@ -141,3 +141,46 @@ def test_bad_input_is_refused_with_one_line():
         LearnedStateQuantizer("thr", 4, 1.0, 0.0, 0.0)  # upper_limit 0: no level above the threshold
     with pytest.raises(ValueError, match="num_bits"):
         LearnedStateQuantizer("thr", 0)
+
+
+def test_snn_command_learned_ranges(tmp_path, capsys):
+    """`lowbit snn --state-range learned`: PTQ and weight-only rows as calibrated; trained state rows report their ranges."""
+    import json
+
+    from lowbit.cli import main
+
+    tiny = ["snn", "--bits", "4", "--epochs", "2", "--qat-epochs", "1", "--samples", "12", "--classes", "3",
+            "--units", "10", "--steps", "10", "--hidden", "12", "--threads", "1", "--no-plots", "--seed", "1"]
+    assert main(tiny + ["--out", str(tmp_path / "c")]) == 0
+    assert main(tiny + ["--state-range", "learned", "--state-lr", "0.05", "--out", str(tmp_path / "l")]) == 0
+    out = capsys.readouterr().out
+    assert "learned state range QAT+SQUAT@4:thr: [" in out
+    cal = json.loads((tmp_path / "c" / "ablation.json").read_text())
+    lrn = json.loads((tmp_path / "l" / "ablation.json").read_text())
+    assert cal["state_range"] == lrn["state_range"]  # the learned ranges start from the calibrated one
+    same = [(r["method"], r["states"]) for r in cal["rows"] if r["method"] in ("FP32", "PTQ", "QAT")]
+    assert len(same) == 5
+    for a, b in zip(cal["rows"], lrn["rows"]):
+        if (a["method"], a["states"]) in same:
+            assert a["acc"] == b["acc"] and a["clipped"] == b["clipped"]
+    sr = cal["state_range"]
+    lo0, hi0 = -sr["threshold"] * (1 + sr["lower_limit"]), sr["threshold"] * (1 + sr["upper_limit"])
+    assert sorted(lrn["learned_ranges"]) == ["QAT+SQUAT@4:thr", "QAT+SQUAT@4:uniform", "SQUAT@4:thr", "SQUAT@4:uniform"]
+    for lo, hi in lrn["learned_ranges"].values():
+        assert lo < 1.0 < hi and (lo, hi) != pytest.approx((lo0, hi0), abs=1e-6)  # trained away from the start
+
+
+def test_state_optimizer_puts_the_ends_in_their_own_group_and_config_checks():
+    from lowbit.snn.ablation import AblationConfig, state_optimizer
+
+    m = SNN(6, 8, 3, seed=0).set_state_quant(LearnedStateQuantizer("thr", 4, 1.0, 2.0, 1.0, 0.7))
+    opt = state_optimizer(m, 1e-3, 1e-2)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+    q = m.hidden[0].state_quant
+    assert [id(p) for p in opt.param_groups[1]["params"]] == [id(q.lower), id(q.upper)]
+    assert len(opt.param_groups[0]["params"]) == len(list(m.parameters())) - 2
+    assert len(state_optimizer(SNN(6, 8, 3), 1e-3, 1e-2).param_groups) == 1  # no learned ranges: one group, as before
+    with pytest.raises(ValueError, match="state_range"):
+        AblationConfig(state_range="lsq").validate()
+    with pytest.raises(ValueError, match="state_lr"):
+        AblationConfig(state_lr=0).validate()

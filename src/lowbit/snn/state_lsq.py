@@ -30,6 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..formats import Codebook
 from ..formats import state_levels as _cb_state_levels
 from ..quantizers.state import StateQuantizer
 from ..ranges.state import calibrate_state_range
@@ -40,44 +41,44 @@ _KINDS = ("uniform", "thr", "zero")
 
 
 class _LearnedRound(torch.autograd.Function):
-    """Nearest of the levels built from (lower, upper); LSQ gradients to both ends."""
+    """Nearest of the current levels (the module's cached codebook); LSQ gradients to both ends."""
 
     @staticmethod
     def forward(ctx, x: Tensor, lower: Tensor, upper: Tensor, mod: "LearnedStateQuantizer") -> Tensor:  # type: ignore[override]
-        levels = mod.levels_from(lower, upper)
-        mids = (levels[1:] + levels[:-1]) * 0.5
-        k = torch.bucketize(x, mids)  # x == mid goes to the lower level
-        q = levels[k]
-        ctx.save_for_backward(x, q, lower, upper)
-        ctx.mod = mod
-        ctx.ends = (float(levels[0]), float(levels[-1]))
+        fmt, lo_end, hi_end, s_lo, s_hi = mod._current()
+        q = fmt.quantize(x)  # exact look-up table (float32 CPU) or bucketize; ties to the lower level
+        ctx.save_for_backward(x, q)
+        ctx.consts = (mod, lo_end, hi_end, s_lo, s_hi)
         return q
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, q, lower, upper = ctx.saved_tensors
-        mod: LearnedStateQuantizer = ctx.mod
-        lo_end, hi_end = ctx.ends
-        clipped = (x < lo_end) | (x > hi_end)
-        gx = g if not mod.clip_grad else g * (~clipped).to(g.dtype)
+        x, q = ctx.saved_tensors
+        mod, lo_end, hi_end, s_lo, s_hi = ctx.consts
+        clipped = (x < lo_end).logical_or_(x > hi_end)
+        gx = g.masked_fill(clipped, 0.0) if mod.clip_grad else g
         g_lo = g_hi = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            n = x.numel()
             if mod.kind == "uniform":
-                s = upper - lower
-                t = (q - lower) / s  # the level's normalised position in [0, 1]
-                d_hi = torch.where(clipped, t, (q - x) / s)  # d q / d upper
-                d_lo = torch.where(clipped, 1.0 - t, (x - q) / s)  # d q / d lower
-                scale = 1.0 / math.sqrt(x.numel() * (mod.n_levels - 1))
-                g_hi = (g * d_hi).sum() * scale
-                g_lo = (g * d_lo).sum() * scale
+                # q = lower + s t: d q/d upper = (q - x)/s inside, t at a clipped end; d q/d lower = -(q - x)/s, 1 - t
+                t = (q - lo_end) / s_hi
+                d = torch.where(clipped, t, (q - x) / s_hi)
+                gd = (g * d).sum()
+                gc = g[clipped].sum()  # d lower + d upper = 1 where clipped, 0 inside
+                scale = 1.0 / math.sqrt(n * (mod.n_levels - 1))
+                g_hi, g_lo = gd * scale, (gc - gd) * scale
             else:
+                # q = c + s (normalised level): d q/d s = (q - x)/s inside, (q - c)/s where clipped; s_hi = upper - c,
+                # s_lo = c - lower on the level's side of the centre
                 c = mod.centre
+                d = torch.where(clipped, q - c, q - x).mul_(g)
                 above = q >= c
-                s = torch.where(above, upper - c, c - lower)
-                ds = torch.where(clipped, (q - c) / s, (q - x) / s)  # d q / d s on the level's side (s > 0)
-                gs = g * ds
-                g_hi = gs[above].sum() / math.sqrt(x.numel() * max(mod.n_above, 1))
-                g_lo = -gs[~above].sum() / math.sqrt(x.numel() * max(mod.n_below, 1))  # lower = c - s
+                d_hi = d[above].sum()
+                d_lo = d.sum() - d_hi
+                g_hi = d_hi / (s_hi * math.sqrt(n * mod.n_above))
+                g_lo = -d_lo / (s_lo * math.sqrt(n * mod.n_below))
+            g_lo, g_hi = g_lo.reshape(ctx.consts[0].lower.shape), g_hi.reshape(ctx.consts[0].upper.shape)
         return gx, g_lo, g_hi, None
 
 
@@ -126,6 +127,22 @@ class LearnedStateQuantizer(nn.Module):
         self.register_buffer("template", tpl.float(), persistent=False)
         self.lower = nn.Parameter(torch.tensor(lo, dtype=torch.float32))
         self.upper = nn.Parameter(torch.tensor(hi, dtype=torch.float32))
+        self._cache: tuple[object, tuple[Codebook, float, float, float, float]] | None = None
+
+    def _current(self) -> tuple[Codebook, float, float, float, float]:
+        """The current levels as a codebook, their ends and the two scales; rebuilt only when the ends change."""
+        key = (self.lower._version, self.upper._version, self.lower.data_ptr(), self.upper.data_ptr(),
+               float(self.lower), float(self.upper))
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                lv = self.levels_from(self.lower, self.upper).float()
+            lo_end, hi_end = float(lv[0]), float(lv[-1])
+            if self.kind == "uniform":
+                s_lo = s_hi = hi_end - lo_end
+            else:
+                s_lo, s_hi = self.centre - lo_end, hi_end - self.centre
+            self._cache = (key, (Codebook(lv), lo_end, hi_end, s_lo, s_hi))
+        return self._cache[1]
 
     @classmethod
     def calibrated(cls, kind: str, num_bits: int, mem: Tensor, threshold: float = 1.0,
