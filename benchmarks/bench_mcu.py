@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         head = " | ".join(f"{isa} ({' '.join(EMU_ISAS[isa][1])})" for isa in EMU_ISAS)
         print(f"| kernel | storage | {head} |")
         print("|---|---|" + "---|" * len(EMU_ISAS))
-        for i, (label, wtype, _) in enumerate(KERNELS):
+        for i, (label, wtype, *_) in enumerate(KERNELS):
             cells = [f"{tables[isa][i][2]:.2f}" + (f" ({', '.join(sorted(tables[isa][i][3]))})" if tables[isa][i][3] else "")
                      for isa in EMU_ISAS]
             print(f"| {label} | {wtype} | " + " | ".join(cells) + " |")
