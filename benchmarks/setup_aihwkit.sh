@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Build IBM aihwkit 1.2.0 from source into benchmarks/.aihwkit-venv (git-ignored), for the peer check
+#   python benchmarks/bench_cim_peers.py --only aihwkit
+# aihwkit is never a lowbit dependency. PyPI has only its source distribution: the build compiles the
+# rpu_base C++ extension (pybind11, CMake, a CBLAS) against the installed torch, so torch is pinned to
+# lowbit's torch==2.13.0 (CPU) and installed first, and the build runs without isolation (an isolated
+# build would compile against whatever torch pip picks, and the extension would not load).
+# Time: about 35 minutes (33 min compile) on 2 cores shared with other work (load ~18); MAX_JOBS=2.
+# Needs: apt (libopenblas-dev for cblas.h), a C++ compiler, python3-venv, network access to PyPI.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.aihwkit-venv
+
+if ! [ -e /usr/include/cblas.h ] && ! [ -e /usr/include/x86_64-linux-gnu/cblas.h ] && ! [ -e /usr/include/openblas/cblas.h ]; then
+  # the runtime libblas.so.3 alone is not enough: the build needs OpenBLAS's headers (cblas.h)
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev)
+fi
+
+python3 -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+pip install -q torch==2.13.0 'scikit-build>=0.18.1' 'pybind11>=3.0.1' 'setuptools>=77' wheel cmake ninja \
+  numpy scipy requests tqdm protobuf
+# torch repeated on the command line so the resolver cannot move it while installing aihwkit's requirements
+MAX_JOBS=2 CMAKE_BUILD_PARALLEL_LEVEL=2 pip install -v --no-build-isolation torch==2.13.0 aihwkit==1.2.0
+# lowbit runs from src/ (PYTHONPATH=src, set by the benchmark); its digits loader needs scikit-learn
+pip install -q scikit-learn safetensors torch==2.13.0
+python -c "import aihwkit, torch; from aihwkit.simulator.rpu_base import tiles; print('aihwkit', aihwkit.__version__, 'torch', torch.__version__)"
