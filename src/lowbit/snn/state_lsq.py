@@ -22,6 +22,12 @@ percentiles of observed membrane potentials, :func:`~lowbit.snn.calibrate_state_
 train, then :meth:`~LearnedStateQuantizer.freeze` into a plain
 :class:`~lowbit.snn.StateQuantizer` holding the learned levels (exact rounding,
 clip counting, ``lowbit.save``).
+
+Measured (``benchmarks/bench_snn.py --only harder``, 4-bit weights and states, mean of
+seeds 0-1): learned ends help uniform levels (default task 89.6 -> 92.5 %) but not
+threshold-centred ones (95.4 % calibrated vs 93.1 % learned; the learned ranges shrink,
+seed 0 [-6.93, 4.72] -> [-5.90, 3.95]). On the harder task (16 classes, 40 units, 5-D
+manifold) learned thr states match float (99.94 %, calibrated 99.78 %).
 """
 from __future__ import annotations
 
