@@ -51,6 +51,24 @@ def build_wide():
 
 def build_mlp():
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+class Tokens(nn.Module):
+    """A user's sequence classifier: token ids -> embedding -> LSTM -> last step -> linear."""
+
+    def __init__(self, vocab=50, num_classes=3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 8)
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, ids):
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+def build_tokens():
+    return Tokens()
 '''
 
 
@@ -228,3 +246,14 @@ def test_a_hostile_builder_in_a_file_is_never_run(planted, tmp_path, capsys, mon
         lowbit.models.build_from_arch({"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 10,
                                        "kwargs": {"hidden": object()}})
     assert not marker.exists()
+
+
+def test_export_onnx_takes_a_token_id_model(user, tmp_path, capsys):
+    """A model whose first layer is an embedding is probed and exported with token ids, not floats."""
+    pytest.importorskip("onnxruntime")
+    spec = user[0].replace(":build", ":build_tokens")
+    out = tmp_path / "tok.onnx"
+    assert main(["export-onnx", "--model", spec, "--input-shape", "12", str(out)]) == 0
+    text = capsys.readouterr().out
+    # verified against PyTorch on token ids (export-onnx verifies unless --no-verify)
+    assert out.is_file() and "Gather x" in text and "LSTM x1" in text

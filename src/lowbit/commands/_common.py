@@ -301,6 +301,26 @@ def check_takes(model: nn.Module, probe: torch.Tensor, num_classes: int | None, 
         raise ValueError(f"{what} gives {out.shape[-1]} outputs, but {source} has {num_classes} classes")
 
 
+def first_embedding(model: nn.Module) -> nn.Module | None:
+    """The embedding a model's input feeds, if its first leaf module is one (its inputs are token ids)."""
+    for m in model.modules():
+        if next(m.children(), None) is None:  # the first leaf, in registration order
+            return m if hasattr(m, "num_embeddings") else None
+    return None
+
+
+def example_input(model: nn.Module, shape: tuple[int, ...], n: int = 2,
+                  generator: torch.Generator | None = None, *, zeros: bool = False) -> torch.Tensor:
+    """``n`` inputs of ``shape`` for ``model``: token ids below ``num_embeddings`` when its first layer is an
+    embedding (float values would fail its look-up), else floats in [0, 1) (or zeros)."""
+    emb = first_embedding(model)
+    if emb is not None:
+        if zeros:
+            return torch.zeros((n, *shape), dtype=torch.long)
+        return torch.randint(0, int(emb.num_embeddings), (n, *shape), generator=generator)
+    return torch.zeros((n, *shape)) if zeros else torch.rand((n, *shape), generator=generator)
+
+
 @dataclass
 class ModelSource:
     """The model a command works on and where it came from."""
@@ -403,7 +423,7 @@ def model_source(args: argparse.Namespace, *, file_attr: str = "checkpoint", fil
         label = spec
     if in_shape is not None:
         record["lowbit.input_shape"] = ",".join(map(str, in_shape))
-        probe = ds.test.tensors[0][:2] if ds is not None else torch.zeros((2, *in_shape))
+        probe = ds.test.tensors[0][:2] if ds is not None else example_input(model, in_shape, zeros=True)
         check_takes(model, probe, classes, f"{'the model in ' + named if path else '--model ' + str(spec)}", source)
     if classes is not None:
         record["lowbit.num_classes"] = str(classes)

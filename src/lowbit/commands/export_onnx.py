@@ -6,7 +6,8 @@ import argparse
 import numpy as np
 import torch
 
-from ._common import add_model_source, add_progress, add_seed, add_threads, data_packages, model_source, setup
+from ._common import (add_model_source, add_progress, add_seed, add_threads, data_packages, example_input, model_source,
+                      setup)
 
 HELP = "export a lowbit model to ONNX (QDQ graph; integer weights, codebooks as Gather) and check it in onnxruntime"
 REQUIRES = ("onnx",)
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{src.label} does not record its input shape: pass --input-shape C,H,W")
     model = src.model.eval()
     gen = torch.Generator().manual_seed(args.seed)
-    example = torch.rand((2, *shape), generator=gen)
+    example = example_input(model, shape, generator=gen)
     path = export_onnx(model, args.output, example, opset=args.opset, weight_format=args.weight_format,
                        dynamic_batch=not args.static_batch, verify=not args.no_verify, seed=args.seed)
     ops = onnx_ops(path)
