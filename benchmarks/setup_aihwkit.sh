@@ -5,7 +5,7 @@
 # rpu_base C++ extension (pybind11, CMake, a CBLAS) against the installed torch, so torch is pinned to
 # lowbit's torch==2.13.0 (CPU) and installed first, and the build runs without isolation (an isolated
 # build would compile against whatever torch pip picks, and the extension would not load).
-# Time: about 35 minutes (33 min compile) on 2 cores shared with other work (load ~18); MAX_JOBS=2.
+# Time: about 55 minutes (50 min compile, nice 15) on 2 cores shared with other work (load ~15-18); MAX_JOBS=2.
 # Needs: apt (libopenblas-dev for cblas.h), a C++ compiler, python3-venv, network access to PyPI.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,10 +19,13 @@ fi
 python3 -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+# mypy: aihwkit's CMake runs mypy's `stubgen` on rpu_base right after linking it; without it the build fails
+# at its very last step ("stubgen: not found", seen here after 50 minutes of compiling)
 pip install -q torch==2.13.0 'scikit-build>=0.18.1' 'pybind11>=3.0.1' 'setuptools>=77' wheel cmake ninja \
-  numpy scipy requests tqdm protobuf
+  numpy scipy requests tqdm protobuf mypy
 # torch repeated on the command line so the resolver cannot move it while installing aihwkit's requirements
-MAX_JOBS=2 CMAKE_BUILD_PARALLEL_LEVEL=2 pip install -v --no-build-isolation torch==2.13.0 aihwkit==1.2.0
+# --no-clean keeps the build folder (pip's temp dir) so a failure late in the build can be looked at
+MAX_JOBS=2 CMAKE_BUILD_PARALLEL_LEVEL=2 pip install -v --no-clean --no-build-isolation torch==2.13.0 aihwkit==1.2.0
 # lowbit runs from src/ (PYTHONPATH=src, set by the benchmark); its digits loader needs scikit-learn
 pip install -q scikit-learn safetensors torch==2.13.0
 python -c "import aihwkit, torch; from aihwkit.simulator.rpu_base import tiles; print('aihwkit', aihwkit.__version__, 'torch', torch.__version__)"
