@@ -5,7 +5,8 @@
 # rpu_base C++ extension (pybind11, CMake, a CBLAS) against the installed torch, so torch is pinned to
 # lowbit's torch==2.13.0 (CPU) and installed first, and the build runs without isolation (an isolated
 # build would compile against whatever torch pip picks, and the extension would not load).
-# Time: about 55 minutes (50 min compile, nice 15) on 2 cores shared with other work (load ~15-18); MAX_JOBS=2.
+# Time (2 cores shared with other work, MAX_JOBS=2): the compile took 18.5 min at nice 5 under load ~8 and
+# 50 min at nice 15 under load ~15-18; installing the dependencies takes 1-3 min more.
 # Needs: apt (libopenblas-dev for cblas.h), a C++ compiler, python3-venv, network access to PyPI.
 set -euo pipefail
 cd "$(dirname "$0")"
