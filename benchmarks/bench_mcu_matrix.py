@@ -150,7 +150,7 @@ def render(cells: dict) -> str:
         lines.append(f"| {LABELS.get(m, m)} | {LABELS.get(w, w)} | {info.get('kernels', '-')} | {info.get('distinct', '-')} | "
                      + " | ".join(out) + " |")
     lines += ["", "Code the cells ran (git HEAD; uncommitted MCU files: others edit the tree while the matrix runs):"]
-    for code in sorted({c["code"] for c in cells.values()}):
+    for code in sorted({c["code"] for c in cells.values()}, key=lambda k: min(c["when"] for c in cells.values() if c["code"] == k)):
         when = sorted(c["when"] for c in cells.values() if c["code"] == code)
         lines.append(f"- {code}: {len(when)} cells, {when[0]} to {when[-1]} UTC")
     lines += ["", _MARK + json.dumps(cells, sort_keys=True, ensure_ascii=False) + " -->", ""]
