@@ -55,7 +55,18 @@ def test_integer_fallback_where_int_mm_does_not_fit_is_equal(monkeypatch) -> Non
     assert torch.equal(want.long(), torch.from_numpy(_int_reference(q, x)))
 
 
-def test_int_mm_shape_rule() -> None:
+def test_int_mm_is_used_only_where_a_probe_finds_it_exact() -> None:
+    # torch 2.13's CPU _int_mm is wrong without AVX-512 VNNI (ONEDNN_MAX_CPU_ISA=AVX2/SSE41): the probe must see it
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(-128, 128, (40, 256), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (256, 96), generator=g, dtype=torch.int8)
+    exact_here = torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+    assert kernels.int_mm_exact("cpu") == exact_here
+    assert kernels._int_mm_ok(40, 256, 96, torch.device("cpu")) == exact_here
+
+
+def test_int_mm_shape_rule(monkeypatch) -> None:
+    monkeypatch.setattr(kernels, "int_mm_exact", lambda device="cpu": True)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert kernels._int_mm_ok(1, 60, 36, cpu)  # measured: the CPU op takes any shape
     assert kernels._int_mm_ok(1, 64, 32, cuda) and not kernels._int_mm_ok(32, 60, 32, cuda)

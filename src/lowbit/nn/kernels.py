@@ -39,6 +39,7 @@ layer's own float32 sum, which it therefore matches within the kernel bound, not
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable
 
@@ -165,10 +166,32 @@ class Int8Kernel(Kernel):
         return y if bias is None else y + bias.to(y.dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def int_mm_exact(device: str = "cpu") -> bool:
+    """Whether ``torch._int_mm`` on ``device`` equals the int64 product, probed once per process.
+
+    Not a given on the CPU: without AVX-512 VNNI (``ONEDNN_MAX_CPU_ISA=AVX2`` or ``SSE41``, or such a CPU)
+    torch 2.13's oneDNN int8 GEMM saturates pairwise int16 sums, and random int8 inputs come back wrong.
+    The probe multiplies random codes and the extreme rows (all -128, all 127) and compares exactly."""
+    if not hasattr(torch, "_int_mm"):
+        return False
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (24, 64), generator=g, dtype=torch.int8)
+    a[0], a[1] = -128, 127
+    b = torch.randint(-128, 128, (64, 32), generator=g, dtype=torch.int8)
+    b[:, 0], b[:, 1] = -128, 127
+    try:
+        got = torch._int_mm(a.to(device), b.to(device)).cpu().long()
+    except (RuntimeError, AssertionError):  # no such device in this build, or the op refuses it
+        return False
+    return torch.equal(got, a.long() @ b.long())
+
+
 def _int_mm_ok(m: int, k: int, n: int, device: torch.device) -> bool:
-    """Shapes ``torch._int_mm`` takes: on CUDA K and N multiples of 8 (M > 16 is met by padding rows);
-    on the CPU any shape (checked on torch 2.13: M = 1, K = 60, N = 36 all run and are exact)."""
-    return hasattr(torch, "_int_mm") and (device.type == "cpu" or (k % 8 == 0 and n % 8 == 0))
+    """Where ``torch._int_mm`` runs and is exact: on CUDA K and N multiples of 8 (M > 16 is met by padding
+    rows), on the CPU any shape — and only where :func:`int_mm_exact` holds for the device."""
+    shape_ok = device.type == "cpu" or (k % 8 == 0 and n % 8 == 0)
+    return shape_ok and int_mm_exact(str(device))
 
 
 class Int8x8Kernel(Int8Kernel):
