@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.models.zoo import warm_zoo  # noqa: F401 (the benchmarks import it from here)
+
 # weight type -> the weights part of a quantize config (activations: a8, plus the model's first-layer input)
 WEIGHT_TYPES = {
     "int8": "w8",
@@ -20,23 +22,6 @@ def weight_config(wtype: str, first_signed: str | None = None) -> str:
     if wtype not in WEIGHT_TYPES:
         raise ValueError(f"wtype must be one of {', '.join(WEIGHT_TYPES)}, got {wtype!r}")
     return f"{WEIGHT_TYPES[wtype]},a8" + (f",a:{first_signed}=int8" if first_signed else "")
-
-
-def warm_zoo(factory: str, shape: tuple[int, ...], outputs: int, signed: bool, n: int,
-             seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A zoo model (``lowbit.models.zoo.<factory>``) with random weights, BatchNorm statistics from ``n``
-    synthetic inputs (normal when ``signed``, uniform [0, 1) otherwise), and those inputs."""
-    import lowbit.models.zoo as zoo
-
-    torch.manual_seed(seed)
-    model = getattr(zoo, factory)(shape, outputs)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn((n, *shape), generator=gen) if signed else torch.rand((n, *shape), generator=gen)
-    model.train()
-    with torch.no_grad():  # BatchNorm statistics as a trained model has them
-        for _ in range(3):
-            model(x)
-    return model.eval(), x
 
 
 def train_digits(name: str, seed: int = 0) -> tuple[torch.nn.Module, object]:

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.models.zoo import DSCNN, ResNet8
+from lowbit.models.zoo import warm_zoo
 from lowbit.targets.mcu.lower import AddOp
 from lowbit.targets.mcu.report import arena_layout
 from lowbit.targets.mcu import export, export_program, reference
@@ -43,14 +43,7 @@ DSCNN_TYPES = {
 
 def warm_dscnn(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
     """DS-CNN (64 filters, 12 classes) with random weights and BatchNorm statistics from synthetic inputs."""
-    torch.manual_seed(seed)
-    model = DSCNN((1, 49, 10), 12)
-    x = torch.randn((N_INPUTS, 1, 49, 10), generator=torch.Generator().manual_seed(seed + 1))
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-    return model.eval(), x
+    return warm_zoo("DSCNN", (1, 49, 10), 12, True, N_INPUTS, seed)
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +102,7 @@ RESNET8_TYPES = {"int8": "w8,a8", "int4": "w4,a8"}
 
 def warm_resnet8(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
     """ResNet-8 (16/32/64 filters, 10 classes), random weights, BatchNorm statistics from synthetic images."""
-    torch.manual_seed(seed)
-    model = ResNet8((3, 32, 32), 10)
-    x = torch.rand((N_INPUTS, 3, 32, 32), generator=torch.Generator().manual_seed(seed + 1))
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-    return model.eval(), x
+    return warm_zoo("ResNet8", (3, 32, 32), 10, False, N_INPUTS, seed)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from .resnet18 import ResNet18
 from .vit import VisionTransformer
 
 __all__ = [
+    "warm_zoo",
     "ZOO", "ZooModel", "zoo_input", "ResNet18", "ResNet8", "DSCNN", "MobileNetV2",
     "VisionTransformer", "LSTMClassifier", "Conv1dNet", "MobileNetV1", "FCAutoencoder",
 ]
@@ -68,3 +69,18 @@ def zoo_input(name: str, batch: int = 2, *, small: bool = True, seed: int = 0, *
         vocab = int(kwargs.get("vocab", entry.small.get("vocab", entry.vocab) if small else entry.vocab))
         return torch.randint(0, vocab, (batch, *shape), generator=g)
     return torch.randn(batch, *shape, generator=g)
+
+
+def warm_zoo(factory: str, shape: tuple[int, ...], outputs: int, signed: bool, n: int,
+             seed: int = 0) -> tuple[nn.Module, Tensor]:
+    """A zoo model (``lowbit.models.zoo.<factory>``) with random weights, BatchNorm statistics from ``n``
+    synthetic inputs (normal when ``signed``, uniform [0, 1) otherwise), and those inputs."""
+    torch.manual_seed(seed)
+    model = globals()[factory](shape, outputs)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn((n, *shape), generator=gen) if signed else torch.rand((n, *shape), generator=gen)
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics as a trained model has them
+        for _ in range(3):
+            model(x)
+    return model.eval(), x
