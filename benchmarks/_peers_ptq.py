@@ -114,8 +114,15 @@ def _one(float_model: Any, calib: list[Any], test: Any, bits: int, method: str, 
     return evaluate(qm, test), dt
 
 
-def ptq_rows(datasets: list[str], seeds: list[int], epochs: int, iters: int, bits: tuple[int, ...] = (4, 3, 2)) -> dict[str, Any]:
-    """Accuracy and time of lowbit vs Brevitas per dataset, method and bit width; lowbit and Brevitas alternate."""
+def ptq_rows(datasets: list[str], seeds: list[int], epochs: int, iters: int, bits: tuple[int, ...] = (4, 3, 2),
+             rows_file: str | None = None) -> dict[str, Any]:
+    """Accuracy and time of lowbit vs Brevitas per dataset, method and bit width; lowbit and Brevitas alternate.
+
+    ``rows_file``: append each run as a JSON line, so that slices run in separate processes (one
+    per core) can be merged by :func:`ptq_from_rows`.
+    """
+    import json
+
     import lowbit.progress
     from lowbit.train import evaluate
 
@@ -137,9 +144,31 @@ def ptq_rows(datasets: list[str], seeds: list[int], epochs: int, iters: int, bit
                             print(f"  {data} seed {seed} W{b} {method} {who}: fails {type(e).__name__}: {line}", flush=True)
                             r = (float("nan"), float("nan"))
                         res.setdefault((method, who, b), []).append(r)
+                        if rows_file:
+                            with open(rows_file, "a") as f:
+                                f.write(json.dumps({"data": data, "seed": seed, "float": floats[-1], "bits": b,
+                                                    "method": method, "who": who, "acc": r[0], "s": r[1]}) + "\n")
                         print(f"  {data} seed {seed} W{b} {method} {who}: {r[0]:.2f} % in {r[1]:.2f} s", flush=True)
         out[data] = (statistics.mean(floats), res, len(seeds))
     return out
+
+
+def ptq_from_rows(rows_file: str) -> tuple[dict[str, Any], list[int]]:
+    """The ``ptq_rows`` result (and the seeds) rebuilt from the JSON lines of one or more runs."""
+    import json
+
+    with open(rows_file) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    out: dict[str, Any] = {}
+    seeds = sorted({r["seed"] for r in rows})
+    for data in dict.fromkeys(r["data"] for r in rows):
+        mine = [r for r in rows if r["data"] == data]
+        floats = {r["seed"]: r["float"] for r in mine}
+        res: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+        for r in mine:
+            res.setdefault((r["method"], r["who"], r["bits"]), []).append((r["acc"], r["s"]))
+        out[data] = (statistics.mean(floats.values()), res, len(floats))
+    return out, seeds
 
 
 def ptq_markdown(out: dict[str, Any], header: str, bits: tuple[int, ...] = (4, 3, 2)) -> str:

@@ -474,9 +474,13 @@ def section_zoo(args: argparse.Namespace, vers: str) -> None:
 
 def section_ptq2(args: argparse.Namespace, vers: str) -> None:
     """lowbit's GPTQ / AdaRound vs Brevitas' GPTQ / learned round on bench_ptq's models (issue 17): its own tables."""
-    from _peers_ptq import ptq_markdown, ptq_rows
+    from _peers_ptq import ptq_from_rows, ptq_markdown, ptq_rows
 
-    out = ptq_rows(args.ptq_data, args.ptq_seeds, args.ptq_epochs, args.ptq_iters)
+    if args.ptq_table:  # merge slices run as separate processes (e.g. one seed per core)
+        out, got = ptq_from_rows(args.ptq_table)
+        args.ptq_seeds, args.ptq_data = got, list(out)
+    else:
+        out = ptq_rows(args.ptq_data, args.ptq_seeds, args.ptq_epochs, args.ptq_iters, rows_file=args.ptq_rows)
     seeds = ",".join(map(str, args.ptq_seeds))
     header = (
         f"## PTQ side by side: lowbit vs Brevitas (GPTQ, learned rounding)\n\n{_machine(vers)}\n"
@@ -486,7 +490,9 @@ def section_ptq2(args: argparse.Namespace, vers: str) -> None:
         "Brevitas run alternately in one process (1 thread), so the machine's load hits both alike. Brevitas' "
         "seconds include its fx preprocessing and MSE scale search (lowbit's include its MSE clip search).\n"
         f"Command: `python benchmarks/bench_peers.py --only ptq2 --ptq-seeds {seeds} --ptq-epochs {args.ptq_epochs} "
-        f"--ptq-iters {args.ptq_iters} --ptq-data {' '.join(args.ptq_data)}`."
+        f"--ptq-iters {args.ptq_iters} --ptq-data {' '.join(args.ptq_data)}`"
+        + (" — here run as slices (one process per seed and dataset, 1 thread each, two at a time) with "
+           "`--ptq-rows FILE`, merged with `--ptq-table FILE`." if args.ptq_table else ".")
     )
     _write(RESULTS_PTQ, ptq_markdown(out, header))
 
@@ -565,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ptq-seeds", type=lambda v: [int(s) for s in v.split(",")], default=[0], help="ptq2: seeds, e.g. 0,1,2")
     p.add_argument("--ptq-epochs", type=int, default=15, help="ptq2: float training epochs (bench_ptq's 15)")
     p.add_argument("--ptq-iters", type=int, default=None, help="ptq2: AdaRound / learned-round iterations per layer (1000; --quick: 300)")
+    p.add_argument("--ptq-rows", default=None, help="ptq2: also append each run to this JSON-lines file")
+    p.add_argument("--ptq-table", default=None, help="ptq2: only write peers_ptq.md from a --ptq-rows file (slices merged)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     q = args.quick
