@@ -56,6 +56,25 @@ def test_ptq_markdown_means_accuracy_and_takes_time_ratios():
     assert "| GPTQ | W4 | 91.00 (-4.00) | 80.00 (-15.00) | +11.00 pt | 3.00 | 6.00 | 0.50x |" in text
 
 
+def test_ptq_rows_from_slices_merge_to_the_same_table(tmp_path):
+    import json
+
+    f = tmp_path / "rows.jsonl"
+    runs = [("digits", s, 4, m, w, 90.0 + s + (w == "lowbit"), 1.0 + s) for s in (0, 1) for m in _peers_ptq.METHODS
+            for w in ("lowbit", "brevitas")]
+    with open(f, "w") as fh:  # two slices appended one after the other, as two processes would
+        for d, s, b, m, w, a, t in runs:
+            fh.write(json.dumps({"data": d, "seed": s, "float": 95.0 + s, "bits": b, "method": m, "who": w,
+                                 "acc": a, "s": t}) + "\n")
+    out, seeds = _peers_ptq.ptq_from_rows(str(f))
+    assert seeds == [0, 1]
+    fl, res, n = out["digits"]
+    assert (fl, n) == (95.5, 2)
+    assert res["gptq", "lowbit", 4] == [(91.0, 1.0), (92.0, 2.0)]
+    text = _peers_ptq.ptq_markdown(out, "## h", bits=(4,))
+    assert "| GPTQ | W4 | 91.50 (-4.00) | 90.50 (-5.00) | +1.00 pt | 1.50 | 1.50 | 1.00x |" in text
+
+
 def test_lowbit_handles_the_conv1d_row(tmp_path):
     fm, batches, x, owners = _peers_zoo._setup("conv1d")
     torch.manual_seed(0)
