@@ -22,6 +22,8 @@ load hits all alike; median of ``--repeat`` calls after one warm-up call (which 
 lowbit's kernel table). With torchao present this process runs under the peers venv's
 interpreter (the same pinned torch) with ``PYTHONPATH=src``. "fp32 via bf16" times lowbit's
 opt-in ``allow_bf16_activations`` paths (float32 inputs through the kernels in bfloat16).
+"bf16 model weights" is the tensor bytes each bfloat16 model holds after its calls (kernel
+caches included, e.g. lowbit's int4 scales-and-zeros), against the float32 model's weights.
 """
 from __future__ import annotations
 
@@ -168,7 +170,9 @@ def _child_latency(variants: list[str], dim: int, ffn: int, repeat: int) -> dict
         for v, t in ts.items():
             out.setdefault(v, {})[f"{dt}/b{batch}"] = 1e3 * statistics.median(t)
     table = {"|".join(map(str, k)): p for k, p in kernels.measured_table().items()}
-    return {"latency_ms": out, "table": table}
+    # tensors a bfloat16 model holds after its calls (a kernel's caches included): what it costs to serve in bfloat16
+    half = {v: _tensor_bytes(m) / 2**20 for (v, d), m in models.items() if d == "bfloat16"}
+    return {"latency_ms": out, "table": table, "bf16_weights_mb": half}
 
 
 def _run(py: str, args: list[str]) -> dict | str:
@@ -230,8 +234,10 @@ def main() -> None:
           f"latency: median of {a.repeat} interleaved calls (ms), (x) = float's time / this time; "
           f"memory: RSS the model holds (MB), (x) = float32's / this; run in {time.perf_counter() - t0:.0f} s"
           f"{'; latency under ' + peers if peers else ''}")
-    print(f"| variant | RSS MB | × smaller | weights MB | first use MB (imports, first calls) | " + " | ".join(c.replace("/", " ") + " ms" for c in cols) + " |")
-    print("|---|" + "---:|" * (4 + len(cols)))
+    print(f"| variant | RSS MB | × smaller | weights MB | first use MB (imports, first calls) | "
+          "bf16 model weights MB (× vs float32) | " + " | ".join(c.replace("/", " ") + " ms" for c in cols) + " |")
+    print("|---|" + "---:|" * (5 + len(cols)))
+    half = lat.get("bf16_weights_mb", {})
     fm, fl = mem.get("float"), L["float"]
     for v in variants + ["w8@bf16", "w4@bf16"]:
         if v not in L:
@@ -241,7 +247,8 @@ def main() -> None:
                   if m and fm else " | | | ")
         lt = " | ".join(f"{L[v][c]:.2f} ({fl[c] / L[v][c]:.2f}x)" if c in L[v] else "" for c in cols)
         name = v.replace("@bf16", " (fp32 via bf16)")
-        print(f"| {name} | {memtxt} | {lt} |")
+        hm = f"{half[v]:.1f} ({fm['weights_mb'] / half[v]:.2f}x)" if v in half and fm else ""
+        print(f"| {name} | {memtxt} | {hm} | {lt} |")
     paths: dict[str, set[str]] = {}
     for key, p in lat["table"].items():
         kern, n, k, dt, b = key.split("|")

@@ -103,6 +103,39 @@ def test_kernel_within_stated_bound_and_codes_round_trip(spec: str, kind: str, d
     assert _bound_ratio(layer, dtype) <= 1.0
 
 
+@pytest.mark.parametrize("spec", ["w4:group128", "uint4:group64"])
+@torch.no_grad()
+def test_int4_scales_kept_in_half_precision_models_only_and_follow_the_scale(spec: str) -> None:
+    torch.manual_seed(3)
+    q = lowbit.quantize(nn.Sequential(nn.Linear(256, 64)), spec)
+    auto = lowbit.convert(q, kernels="auto")
+    layer, x = auto[0], torch.randn(2, 256)
+    assert layer.kernel.name == "int4"
+    auto(x)
+    assert "qweight_int4_sz" not in layer._buffers  # float32: built per call, the model stays 7.5x smaller
+    fp32_bytes = sum(b.numel() * b.element_size() for b in layer._buffers.values())
+    auto.to(torch.bfloat16)
+    y = auto(x.bfloat16())
+    sz = layer._buffers["qweight_int4_sz"]
+    assert torch.equal(sz, layer.kernel._scales_and_zeros(layer, torch.bfloat16))
+    assert "qweight_int4_sz" not in layer.state_dict()  # a cache: files and state dicts keep the packed form
+    half_bytes = sum(b.numel() * b.element_size() for b in layer._buffers.values())
+    groups = layer._buffers["qweight_scale"].numel()
+    assert half_bytes == fp32_bytes + 2 * groups  # the 2-byte half scale + 4 bytes a group of cache vs float32's 4
+    assert torch.equal(auto(x.bfloat16()), y) and layer._buffers["qweight_int4_sz"] is sz  # reused, not rebuilt
+    # a changed scale (loading another state dict) rebuilds it: the output follows the new scale
+    sd = auto.state_dict()
+    sd["0.qweight_scale"] = sd["0.qweight_scale"] * 2
+    auto.load_state_dict(sd)
+    assert torch.equal(layer._buffers["qweight_int4_sz"][..., 0], sz[..., 0])  # not yet: rebuilt on the next call
+    y2 = auto(x.bfloat16())
+    assert torch.equal(layer._buffers["qweight_int4_sz"][..., 0], sz[..., 0] * 2)
+    assert torch.allclose(y2.float() - layer.bias.float(), 2 * (y.float() - layer.bias.float()), rtol=1e-2, atol=1e-2)
+    auto.float()
+    auto(x)
+    assert "qweight_int4_sz" not in layer._buffers  # back in float32: the cache is dropped
+
+
 def test_auto_falls_back_to_exact_where_no_kernel_fits() -> None:
     q = lowbit.quantize(_mlp(), "w4:nf4:group64")
     a = lowbit.convert(q, kernels="auto")
