@@ -499,6 +499,8 @@ def _worker(rank: int, world: int, port: int, backend: str, model: nn.Module, tr
             res.model = res.model.cpu()
             torch.save(res, result)
         del res
+        if world > 1:
+            dist.barrier()  # every rank tears its group down together, none while a peer still works
     finally:
         # DDP's reducer sits in reference cycles that hold the process group: collect them now, while the
         # group is alive, not at interpreter exit, where a gloo thread still joinable aborts the process
