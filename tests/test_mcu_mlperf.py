@@ -80,6 +80,7 @@ def test_dscnn_host_c_equals_reference(dscnn):
     assert (dscnn.fq.argmax(1) == dscnn.ref.argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.emulated
 @pytest.mark.parametrize("tgt", ["rv32imc", "cortex-m4"])
 def test_dscnn_emulated_equals_reference(dscnn, tgt):
     _need(tgt)
@@ -138,6 +139,7 @@ def test_resnet8_host_c_equals_reference(resnet8):
     assert r > 0.99, (resnet8.name, r)
 
 
+@pytest.mark.emulated
 @pytest.mark.parametrize("tgt", ["rv32imc", "cortex-m4"])
 def test_resnet8_emulated_equals_reference(resnet8, tgt):
     _need(tgt)
@@ -196,6 +198,7 @@ def test_mobilenet_and_autoencoder_host_c_equals_reference(other):
         assert len(np.unique(other.host)) > 10_000
 
 
+@pytest.mark.emulated
 @pytest.mark.parametrize("tgt", ["rv32imc", "cortex-m4"])
 def test_mobilenet_and_autoencoder_emulated_equal_reference(other, tgt):
     _need(tgt)
