@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib.util
 import os
 import statistics
@@ -51,6 +52,12 @@ from lowbit.nn.layers import QuantConv2d, QuantLinear  # noqa: E402
 from lowbit.targets.cim import CrossbarConfig, simulate  # noqa: E402
 
 DIGITAL = ("features.0", "classifier")
+
+
+def _test_accuracy(m: nn.Module, *, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Test accuracy (%) of ``m`` on the whole test set at once."""
+    with torch.no_grad():
+        return 100.0 * float((m(x).argmax(1) == y).float().mean())
 
 
 def aihwkit_model(seed: int, sigma: float, ds: object) -> nn.Module:
@@ -250,9 +257,7 @@ def aihwkit_main(args: argparse.Namespace) -> None:
     ds = get_dataset("digits")
     x, y = ds.test.tensors
 
-    def acc(m: nn.Module) -> float:
-        with torch.no_grad():
-            return 100.0 * float((m(x).argmax(1) == y).float().mean())
+    acc = functools.partial(_test_accuracy, x=x, y=y)
 
     flt = float_vgg(args.seed, args.epochs, ds)
     from aihwkit.nn.conversion import convert_to_analog
@@ -319,9 +324,7 @@ def lightning_main(args: argparse.Namespace) -> None:
     ds = get_dataset("digits")
     x, y = ds.test.tensors
 
-    def acc(m: nn.Module) -> float:
-        with torch.no_grad():
-            return 100.0 * float((m(x).argmax(1) == y).float().mean())
+    acc = functools.partial(_test_accuracy, x=x, y=y)
 
     cfg = CrossbarConfig(cell_bits=2, adc_bits=8, variation=0.1)
     base = qat_model("vgg", args.epochs, args.seed, ds)

@@ -363,8 +363,7 @@ class Int4Kernel(Kernel):
         7.5x smaller than float32.
         """
         scale = layer._buffers[packed.PREFIX + "scale"]
-        if dtype != scale.dtype or dtype not in _HALF:
-            layer._buffers.pop(_SZ, None)  # a stale cache (the model moved back to float32) is memory for nothing
+        if dtype != scale.dtype or dtype not in _HALF:  # (a stale cache is dropped in __call__, for every path)
             return self._scales_and_zeros(layer, dtype)
         key = (scale.data_ptr(), scale._version, dtype, scale.device)
         sz = layer._buffers.get(_SZ)
